@@ -1,0 +1,23 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/generate.smk"
+include: "rules/dataset.smk"
+include: "rules/train.smk"
+include: "rules/export.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.clean.output,
+        rules.figures.output,
+        rules.merge_model.output,
+        rules.evaluate.output,
