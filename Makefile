@@ -1,0 +1,32 @@
+# The two commands: `make run` (the embedded default workflow) and `make test` (the test suite).
+# Both bootstrap .venv from requirements.lock first when it is missing or stale.
+VENV  ?= .venv
+CORES ?= 2
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv run test lint fmt dry-run clean-results
+
+venv:
+	@tools/bootstrap.sh $(VENV)
+
+run: venv
+	snakemake --profile profiles/default --cores $(CORES)
+
+test: venv
+	python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	ruff check .
+	ruff format --check .
+	snakefmt --check Snakefile rules/
+	snakemake --lint --cores 1
+
+fmt: venv
+	ruff format .
+	snakefmt Snakefile rules/
+
+dry-run: venv
+	snakemake --cores $(CORES) -n
+
+clean-results:
+	rm -rf results logs benchmarks .snakemake

@@ -1,0 +1,68 @@
+"""The config is validated before anything runs: one line naming the key, non-zero exit, no traceback."""
+
+import copy
+
+import pytest
+import yaml
+from conftest import BIN, ROOT, run_cmd
+
+from zhufu.config import load_config, validate_config
+from zhufu.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def base():
+    with open(ROOT / "config.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    config = load_config()
+    assert config["provider"]["kind"] == "offline"
+    assert config["provider"]["api_key_env"] is None
+    assert config["grid"]["suitability"] == "resources/suitability.csv"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c.update(sed=1), "unknown key sed"),
+        (lambda c: c["provider"].update(kind="openia"), "provider.kind"),
+        (lambda c: c.update(rounds="two"), "rounds: expected integer, got str 'two'"),
+        (lambda c: c["styles"]["小红书"].update(max_chars="50"), "styles.小红书.max_chars: expected integer"),
+        (lambda c: c["provider"].update(temprature=1), "unknown key provider.temprature"),
+        (lambda c: c["styles"]["正常"].update(min_chars=99), "styles.正常: min_chars (99) > max_chars (30)"),
+        (lambda c: c["grid"].update(recipients=[]), "grid.recipients"),
+    ],
+)
+def test_bad_config_names_the_key(base, mutate, expected):
+    config = copy.deepcopy(base)
+    mutate(config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, "my.yaml")
+    message = str(err.value)
+    assert message.startswith("my.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_snakemake_rejects_bad_config_before_any_job(project):
+    config = yaml.safe_load((project / "config.yaml").read_text(encoding="utf-8"))
+    config["provider"]["temprature"] = 0.7
+    config["rounds"] = "two"
+    (project / "bad.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    result = run_cmd([str(BIN / "snakemake"), "--cores", "1", "--configfile", "bad.yaml"], cwd=project, timeout=120)
+    assert result.returncode != 0
+    err_lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert len(err_lines) == 1, result.stderr
+    assert "unknown key provider.temprature" in err_lines[0] or "rounds" in err_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (project / "results").exists()
+
+
+def test_cli_bad_config_is_one_line(project):
+    (project / "bad.yaml").write_text("seed: 1\nrounds: 1\n", encoding="utf-8")
+    result = run_cmd([str(BIN / "zhufu"), "estimate", "--config", "bad.yaml"], cwd=project, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "bad.yaml" in result.stderr and "required property" in result.stderr
