@@ -11,7 +11,7 @@ from zhufu.errors import ConfigError  # noqa: E402
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
 # validate() prints the whole schema and a traceback).
 try:
-    validate_config(config, source=", ".join(workflow.configfiles) or "config")
+    validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)
