@@ -1,0 +1,343 @@
+"""Secondary cleaning: rules that drop or repair records, each configured under `clean:` in the config.
+
+A rule works on one record's answer (`output`) and either keeps it, repairs it (reported as before/after)
+or drops the record (reported with the text). `input` is never rewritten. Record rules run in the order of
+RECORD_RULES; the three repairs that peel text off the edges (meta_answer, wrapping_quotes,
+leading_punctuation) are repeated until none changes anything, because they uncover each other
+(「好的，以下是祝福：“！啦～生日快乐”」). The set rules (exact_dedup, near_dedup) run last and keep the first
+record of each group, in merged order.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from zhufu.grid import is_suitable
+
+# Emoji: pictographs plus the joiners and modifiers that glue one visible emoji together.
+_EMOJI_BASE = (
+    "\U0001f000-\U0001f02f\U0001f0a0-\U0001f0ff\U0001f100-\U0001f1ff\U0001f200-\U0001f2ff"
+    "\U0001f300-\U0001f5ff\U0001f600-\U0001f64f\U0001f680-\U0001f6ff\U0001f700-\U0001f7ff"
+    "\U0001f800-\U0001f8ff\U0001f900-\U0001f9ff\U0001fa00-\U0001faff\u2600-\u27bf\u2b50\u2b55"
+    "\u2b06\u2b07\u2b05\u2934\u2935\u3030\u303d\u3297\u3299\u00a9\u00ae\u203c\u2049\u2122\u2139"
+)
+EMOJI_RE = re.compile(
+    f"[{_EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{_EMOJI_BASE}](?:\ufe0f)?)*"
+)
+_INVISIBLE = {"\ufe0f", "\u200d"}
+
+# Punctuation that may stray at the start of an answer. Opening quotes and brackets are not in it.
+LEADING_PUNCT = set("!！。，,、；;：:？?…~～·.—-_ \t\r\n　")
+CLOSING_OF = {'"': '"', "“": "”", "「": "」", "『": "』", "'": "'", "‘": "’", "＂": "＂"}
+
+
+def is_han(ch: str) -> bool:
+    o = ord(ch)
+    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
+
+
+def count_chars(text: str) -> int:
+    """Characters a reader sees: code points, without whitespace and emoji joiners (chars, not bytes)."""
+    return sum(1 for ch in text if not ch.isspace() and ch not in _INVISIBLE)
+
+
+def count_emoji(text: str) -> int:
+    return len(EMOJI_RE.findall(text))
+
+
+def normalise(text: str) -> str:
+    """The dedup key of a text: NFKC, lower case, only letters, digits and Han (no punctuation, emoji, space)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in text if ch.isalnum() and not EMOJI_RE.match(ch))
+
+
+@dataclass
+class Drop:
+    """A verdict: drop the record. `detail` says why, for the report."""
+
+    detail: str
+
+
+@dataclass
+class RuleContext:
+    styles: dict
+    matrix: dict | None = None
+    compiled: dict = field(default_factory=dict)
+
+    def regexes(self, rule: str, patterns: list[str]) -> list[re.Pattern]:
+        if rule not in self.compiled:
+            self.compiled[rule] = [re.compile(p) for p in patterns]
+        return self.compiled[rule]
+
+
+# A rule: (text, meta, rule config, context) -> new text (same text: unchanged) or Drop.
+Rule = Callable[[str, dict, dict, RuleContext], "str | Drop"]
+
+
+def rule_suitability(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    r, s = meta.get("recipient"), meta.get("scene")
+    if ctx.matrix is None or r is None or s is None:
+        return text
+    if not is_suitable(ctx.matrix, r, s):
+        return Drop(f"{r} × {s} is marked unsuitable in the suitability matrix")
+    return text
+
+
+def rule_refusal(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    for rx in ctx.regexes("refusal", cfg["patterns"]):
+        m = rx.search(text)
+        if m:
+            return Drop(f"refusal or AI self-talk: {m.group(0)!r}")
+    return text
+
+
+def rule_meta_answer(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Strip a preamble (好的，以下是…：) when a blessing follows it; drop when nothing does."""
+    regexes = ctx.regexes("meta_answer", cfg["patterns"])
+    out = text.strip()
+    stripped = False
+    while True:
+        m = next((m for rx in regexes if (m := rx.match(out)) and m.end() > 0), None)
+        if m is None:
+            break
+        out, stripped = out[m.end() :].strip(), True
+    if stripped and not any(ch.isalnum() for ch in out):
+        return Drop("a preamble with no blessing after it")
+    for rx in ctx.regexes("meta_answer_only", cfg["only_patterns"]):
+        if rx.fullmatch(out):
+            return Drop("only talk about the answer, no blessing")
+    return out if stripped else text
+
+
+def rule_wrapping_quotes(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    out = text.strip()
+    while len(out) >= 2 and out[0] in CLOSING_OF:
+        opening, closing = out[0], CLOSING_OF[out[0]]
+        inner = out[1:]
+        # allow a full stop after the closing quote: “…”。
+        tail = inner.rstrip("。.")
+        if not tail.endswith(closing):
+            break
+        inner = tail[:-1]
+        if opening in inner or closing in inner:
+            break
+        out = inner.strip()
+    return out if out != text.strip() else text
+
+
+def rule_leading_punctuation(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Strip stray punctuation, and single particles between punctuation, from the start (「！啦～」「。哦！」)."""
+    particles = set(cfg["particles"])
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in LEADING_PUNCT:
+            i += 1
+        elif ch in particles and i + 1 < n and text[i + 1] in LEADING_PUNCT and text[i + 1] not in " \t":
+            # a lone particle (not 哈哈) at the start or after punctuation: 啦～ / 。哦！
+            i += 1
+        else:
+            break
+    if i == 0 or i >= n:
+        return text
+    return text[i:]
+
+
+def rule_list_items(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    markers = sum(len(rx.findall(text)) for rx in ctx.regexes("list_items", cfg["marker_patterns"]))
+    if markers >= cfg["min_markers"]:
+        return Drop(f"a list of {markers} items, not one blessing")
+    for rx in ctx.regexes("list_items_alt", cfg["alternative_patterns"]):
+        m = rx.search(text)
+        if m:
+            return Drop(f"several alternatives in one answer: {m.group(0)!r}")
+    return text
+
+
+def chinese_ratio(text: str) -> float:
+    """Han characters among all letters (Han, Latin, kana, …); digits, punctuation and emoji do not count."""
+    letters = [ch for ch in text if unicodedata.category(ch).startswith("L")]
+    if not letters:
+        return 0.0
+    return sum(1 for ch in letters if is_han(ch)) / len(letters)
+
+
+def rule_chinese_ratio(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    ratio = chinese_ratio(text)
+    if ratio < cfg["min_ratio"]:
+        return Drop(f"only {ratio:.0%} of the letters are Chinese (min {cfg['min_ratio']:.0%})")
+    return text
+
+
+def repetition_ratio(text: str, n: int) -> float:
+    """Share of character n-gram occurrences that belong to an n-gram seen more than once.
+
+    Like data-juicer's character_repetition_filter it counts repeated character n-grams, but it does not
+    keep only the top sqrt(#distinct) n-grams: on a short text that selection is empty exactly when every
+    n-gram repeats (快乐快乐快乐… scores 0), so it cannot catch the repetition short blessings have.
+    """
+    text = "".join(ch for ch in text if not ch.isspace())
+    if len(text) < n:
+        return 0.0
+    counts = Counter(text[i : i + n] for i in range(len(text) - n + 1))
+    total = sum(counts.values())
+    return sum(c for c in counts.values() if c > 1) / total
+
+
+def rule_char_repetition(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    ratio = repetition_ratio(text, cfg["ngram"])
+    if ratio > cfg["max_ratio"]:
+        return Drop(f"{ratio:.0%} of the {cfg['ngram']}-character n-grams repeat (max {cfg['max_ratio']:.0%})")
+    return text
+
+
+_YOU_INFORMAL = re.compile(r"(?<!迷)你(?!们)")
+_YOU_FORMAL = re.compile(r"您")
+
+
+def rule_honorific(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Address elders with 您 and peers with 你. The whole recipient name decides, never a substring of
+    it: 邻居赵大妈 is an elder even though 邻居 alone is a peer (Tianji's substring rule got this wrong)."""
+    recipient = meta.get("recipient")
+    if recipient is None:
+        return text
+    if recipient in cfg["elders"]:
+        return _YOU_INFORMAL.sub("您", text)
+    if recipient in cfg["peers"]:
+        return _YOU_FORMAL.sub("你", text)
+    return text
+
+
+def rule_length(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    style = ctx.styles.get(meta.get("style"))
+    if style is None:
+        return text
+    n = count_chars(text)
+    lo, hi = style.get("min_chars", 0), style["max_chars"]
+    if n < lo:
+        return Drop(f"{n} chars, below the {meta['style']} band {lo}–{hi}")
+    if n > hi:
+        return Drop(f"{n} chars, above the {meta['style']} band {lo}–{hi}")
+    return text
+
+
+def rule_emoji(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    style = ctx.styles.get(meta.get("style"))
+    band = style.get("emoji") if style else None
+    if not band:
+        return text
+    n = count_emoji(text)
+    lo, hi = band.get("min", 0), band.get("max", n)
+    if not lo <= n <= hi:
+        return Drop(f"{n} emoji, outside the {meta['style']} band {lo}–{hi}")
+    return text
+
+
+# Record rules in the order they run. The repairs in REPEATED run again until none changes the text.
+RECORD_RULES: dict[str, Rule] = {
+    "suitability": rule_suitability,
+    "refusal": rule_refusal,
+    "meta_answer": rule_meta_answer,
+    "wrapping_quotes": rule_wrapping_quotes,
+    "leading_punctuation": rule_leading_punctuation,
+    "list_items": rule_list_items,
+    "chinese_ratio": rule_chinese_ratio,
+    "char_repetition": rule_char_repetition,
+    "honorific": rule_honorific,
+    "length": rule_length,
+    "emoji": rule_emoji,
+}
+REPEATED = ("meta_answer", "wrapping_quotes", "leading_punctuation")
+SET_RULES = ("exact_dedup", "near_dedup")
+ALL_RULES = ("system_prompt", *RECORD_RULES, *SET_RULES)
+
+
+@dataclass
+class Verdict:
+    """What the record rules decided for one answer."""
+
+    text: str
+    changes: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, before, after)
+    dropped: tuple[str, str] | None = None  # (rule, detail)
+
+
+def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
+    verdict = Verdict(text)
+
+    def run(name: str) -> bool:
+        cfg = rules_cfg[name]
+        if not cfg.get("enabled", True):
+            return True
+        result = RECORD_RULES[name](verdict.text, meta, cfg, ctx)
+        if isinstance(result, Drop):
+            verdict.dropped = (name, result.detail)
+            return False
+        if result != verdict.text:
+            verdict.changes.append((name, verdict.text, result))
+            verdict.text = result
+        return True
+
+    for name in RECORD_RULES:
+        if name in REPEATED:
+            if name != REPEATED[0]:
+                continue
+            for _ in range(4):
+                before = verdict.text
+                for rep in REPEATED:
+                    if not run(rep):
+                        return verdict
+                if verdict.text == before:
+                    break
+            continue
+        if not run(name):
+            return verdict
+    return verdict
+
+
+def shingles(key: str, n: int) -> set[bytes]:
+    """Character n-grams of a normalised text (the whole text when it is shorter than n)."""
+    if len(key) <= n:
+        return {key.encode("utf-8")}
+    return {key[i : i + n].encode("utf-8") for i in range(len(key) - n + 1)}
+
+
+def exact_duplicates(keys: list[str]) -> dict[int, int]:
+    """index -> index of the first record with the same normalised text."""
+    first: dict[str, int] = {}
+    dups: dict[int, int] = {}
+    for i, key in enumerate(keys):
+        j = first.setdefault(key, i)
+        if j != i:
+            dups[i] = j
+    return dups
+
+
+def near_duplicates(keys: list[str], ngram: int, threshold: float, num_perm: int, seed: int = 1) -> dict[int, tuple[int, float]]:
+    """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
+
+    MinHash over character n-grams finds candidates with LSH (datasketch); each candidate is confirmed
+    with the exact Jaccard of the two n-gram sets, so the LSH's false positives drop nothing. A record is
+    compared with earlier kept records only, so the first of each group stays.
+    """
+    import xxhash
+    from datasketch import MinHash, MinHashLSH
+
+    sets = [shingles(k, ngram) for k in keys]
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    dups: dict[int, tuple[int, float]] = {}
+    minhashes = MinHash.generator(sets, num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+    for i, mh in enumerate(minhashes):
+        best: tuple[int, float] | None = None
+        for j in lsh.query(mh):
+            jac = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+            if jac >= threshold and (best is None or jac > best[1] or (jac == best[1] and j < best[0])):
+                best = (j, jac)
+        if best is not None:
+            dups[i] = best
+        else:
+            lsh.insert(i, mh, check_duplication=False)
+    return dups
