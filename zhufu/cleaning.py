@@ -191,7 +191,9 @@ def repetition_ratio(text: str, n: int) -> float:
 def rule_char_repetition(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
     ratio = repetition_ratio(text, cfg["ngram"])
     if ratio > cfg["max_ratio"]:
-        return Drop(f"{ratio:.0%} of the {cfg['ngram']}-character n-grams repeat (max {cfg['max_ratio']:.0%})")
+        return Drop(
+            f"{ratio:.0%} of the {cfg['ngram']}-character n-grams repeat (max {cfg['max_ratio']:.0%})"
+        )
     return text
 
 
@@ -316,7 +318,9 @@ def exact_duplicates(keys: list[str]) -> dict[int, int]:
     return dups
 
 
-def near_duplicates(keys: list[str], ngram: int, threshold: float, num_perm: int, seed: int = 1) -> dict[int, tuple[int, float]]:
+def near_duplicates(
+    keys: list[str], ngram: int, threshold: float, num_perm: int, seed: int = 1
+) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
 
     MinHash over character n-grams finds candidates with LSH (datasketch); each candidate is confirmed

@@ -45,7 +45,9 @@ def validate_records(records: Any, source: str | Path) -> list[dict]:
         raise DataError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
     validator = record_validator()
     for i, record in enumerate(records):
-        error = next(iter(sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))), None)
+        error = next(
+            iter(sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))), None
+        )
         if error is not None:
             raise DataError(f"{source}: record {i}: {error.message}{_where(error)}")
     return records
@@ -108,14 +110,20 @@ def parse_input(text: str, config: dict) -> dict[str, str | None]:
     style = None
     for name, st in config["styles"].items():
         trigger = st.get("trigger")
-        if trigger and trigger in text and (style is None or len(trigger) > len(config["styles"][style]["trigger"])):
+        if (
+            trigger
+            and trigger in text
+            and (style is None or len(trigger) > len(config["styles"][style]["trigger"]))
+        ):
             style = name
     if style is None:
         style = next((n for n, st in config["styles"].items() if not st.get("trigger")), None)
     return {"recipient": recipient, "scene": scene, "style": style}
 
 
-def import_records(rows: Any, config: dict, source: str | Path, round_: int = 0, model: str = "unknown") -> list[dict]:
+def import_records(
+    rows: Any, config: dict, source: str | Path, round_: int = 0, model: str = "unknown"
+) -> list[dict]:
     """Tianji-format rows ({"conversation": [...]}, maybe with src_input/style_name/meta) as raw records."""
     if not isinstance(rows, list):
         raise DataError(f"{source}: expected a JSON list of {{'conversation': [...]}} rows")
@@ -123,10 +131,17 @@ def import_records(rows: Any, config: dict, source: str | Path, round_: int = 0,
     occurrences: dict[str, int] = {}
     for i, row in enumerate(rows):
         conv = row.get("conversation") if isinstance(row, dict) else None
-        if not isinstance(conv, list) or not conv or not all(
-            isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str) for t in conv
+        if (
+            not isinstance(conv, list)
+            or not conv
+            or not all(
+                isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                for t in conv
+            )
         ):
-            raise DataError(f"{source}: row {i}: expected {{'conversation': [{{'system', 'input', 'output'}}, …]}}")
+            raise DataError(
+                f"{source}: row {i}: expected {{'conversation': [{{'system', 'input', 'output'}}, …]}}"
+            )
         turns = [
             {"system": t.get("system") or config["system_prompt"], "input": t["input"], "output": t["output"]}
             for t in conv
@@ -161,18 +176,22 @@ def read_rows(path: str | Path) -> Any:
         rows = []
         try:
             with open(p, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, start=1):
-                    if line.strip():
-                        rows.append(json.loads(line))
+                lines = list(fh)
         except FileNotFoundError:
             raise DataError(f"{p}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}, line {n}: not valid JSON ({e.msg})") from None
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p}, line {lineno}: not valid JSON ({e.msg})") from None
         return rows
     return read_json(p)
 
 
-def import_file(path: str | Path, out: str | Path, config: dict, round_: int = 0, model: str = "unknown") -> list[dict]:
+def import_file(
+    path: str | Path, out: str | Path, config: dict, round_: int = 0, model: str = "unknown"
+) -> list[dict]:
     records = import_records(read_rows(path), config, path, round_=round_, model=model)
     unparsed = sum(1 for r in records if r["meta"]["recipient"] is None or r["meta"]["scene"] is None)
     if unparsed:
@@ -191,9 +210,18 @@ def import_file(path: str | Path, out: str | Path, config: dict, round_: int = 0
 # ---------------------------------------------------------------- clean
 
 
-def clean_records(records: list[dict], rules: dict, styles: dict, system_prompt: str | None, matrix: dict | None) -> tuple[list[dict], dict]:
+def clean_records(
+    records: list[dict], rules: dict, styles: dict, system_prompt: str | None, matrix: dict | None
+) -> tuple[list[dict], dict]:
     """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
-    from zhufu.cleaning import ALL_RULES, RuleContext, apply_record_rules, exact_duplicates, near_duplicates, normalise
+    from zhufu.cleaning import (
+        ALL_RULES,
+        RuleContext,
+        apply_record_rules,
+        exact_duplicates,
+        near_duplicates,
+        normalise,
+    )
 
     ctx = RuleContext(styles=styles, matrix=matrix)
     counts = {name: {"dropped": 0, "modified": 0} for name in ALL_RULES}
@@ -208,7 +236,13 @@ def clean_records(records: list[dict], rules: dict, styles: dict, system_prompt:
 
     def modify(record: dict, rule: str, before: str, after: str, turn: int) -> None:
         counts[rule]["modified"] += 1
-        entry = {"id": record["id"], "rule": rule, "before": before, "after": after}
+        entry = {
+            "id": record["id"],
+            "rule": rule,
+            "field": "system" if rule == "system_prompt" else "output",
+            "before": before,
+            "after": after,
+        }
         if len(record["conversation"]) > 1:
             entry["turn"] = turn
         modified.append(entry)
@@ -239,15 +273,27 @@ def clean_records(records: list[dict], rules: dict, styles: dict, system_prompt:
     if rules["exact_dedup"]["enabled"]:
         for i, j in exact_duplicates(keys).items():
             gone.add(i)
-            drop(survivors[i], "exact_dedup", f"same text as {survivors[j]['id']} after normalisation", duplicate_of=survivors[j]["id"])
+            drop(
+                survivors[i],
+                "exact_dedup",
+                f"same text as {survivors[j]['id']} after normalisation",
+                duplicate_of=survivors[j]["id"],
+            )
     if rules["near_dedup"]["enabled"]:
         nd = rules["near_dedup"]
         rest = [i for i in range(len(survivors)) if i not in gone]
-        found = near_duplicates([keys[i] for i in rest], nd["ngram"], nd["threshold"], nd["num_perm"], nd["seed"])
+        found = near_duplicates(
+            [keys[i] for i in rest], nd["ngram"], nd["threshold"], nd["num_perm"], nd["seed"]
+        )
         for a, (b, jac) in found.items():
             i, j = rest[a], rest[b]
             gone.add(i)
-            drop(survivors[i], "near_dedup", f"{nd['ngram']}-gram Jaccard {jac:.2f} with {survivors[j]['id']}", duplicate_of=survivors[j]["id"])
+            drop(
+                survivors[i],
+                "near_dedup",
+                f"{nd['ngram']}-gram Jaccard {jac:.2f} with {survivors[j]['id']}",
+                duplicate_of=survivors[j]["id"],
+            )
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
     dropped.sort(key=lambda d: order[d["id"]])
@@ -281,7 +327,10 @@ def count_chars_of(text: str) -> int:
 
 def training_rows(kept: list[dict]) -> list[dict]:
     """train.json: exactly what XTuner's load_dataset('json') + template_map_fn consume, no meta."""
-    return [{"conversation": [{k: t[k] for k in ("system", "input", "output")} for t in r["conversation"]]} for r in kept]
+    return [
+        {"conversation": [{k: t[k] for k in ("system", "input", "output")} for t in r["conversation"]]}
+        for r in kept
+    ]
 
 
 def clean(
@@ -306,7 +355,12 @@ def clean(
     write_json(train, training_rows(kept), indent=1)
     write_json(report_path, report, indent=1)
     log.info(
-        "%s: %d in, %d kept, %d dropped, %d modified", merged, report["rows_in"], report["rows_out"], report["rows_dropped"], report["rows_modified"]
+        "%s: %d in, %d kept, %d dropped, %d modified",
+        merged,
+        report["rows_in"],
+        report["rows_out"],
+        report["rows_dropped"],
+        report["rows_modified"],
     )
     if card:
         from zhufu.card import write_card
@@ -318,7 +372,9 @@ def clean(
 # ---------------------------------------------------------------- format check
 
 
-def check_format(train: str | Path, tokenizer_dir: str | Path, out: str | Path, template: str, max_length: int) -> dict:
+def check_format(
+    train: str | Path, tokenizer_dir: str | Path, out: str | Path, template: str, max_length: int
+) -> dict:
     """Run train.json through XTuner's process_hf_dataset (as training will) and count truncated samples.
 
     A sample is truncated when its full encoding (same template, no length limit) is longer than max_length.
@@ -336,7 +392,9 @@ def check_format(train: str | Path, tokenizer_dir: str | Path, out: str | Path, 
         raise DataError(f"check-format: unknown XTuner template {template!r}")
     tdir = Path(tokenizer_dir)
     if not tdir.is_dir():
-        raise DataError(f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)")
+        raise DataError(
+            f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=True)
     rows = read_json(train)
     if not isinstance(rows, list) or not rows:
@@ -393,10 +451,14 @@ def _config(args) -> dict:
 
 def add_import_arguments(parser) -> None:
     parser.add_argument("file", help="Tianji-format JSON list (or .jsonl) of {'conversation': [...]} rows")
-    parser.add_argument("-o", "--output", required=True, help="raw shard to write, e.g. results/raw/imported/round_0.json")
+    parser.add_argument(
+        "-o", "--output", required=True, help="raw shard to write, e.g. results/raw/imported/round_0.json"
+    )
     parser.add_argument("--round", type=int, default=0, help="round recorded in meta (default 0)")
     parser.add_argument("--model", default="unknown", help="model that wrote the data, recorded in meta")
-    parser.add_argument("--config", help="config whose grid and style triggers parse the inputs (default config.yaml)")
+    parser.add_argument(
+        "--config", help="config whose grid and style triggers parse the inputs (default config.yaml)"
+    )
 
 
 def run_import(args) -> int:
@@ -465,7 +527,13 @@ def run_card(args) -> int:
     from zhufu.card import write_card
 
     config = _config(args)
-    write_card(args.output, args.train, read_json(args.report), read_json(args.merged), provenance_from_config(config))
+    write_card(
+        args.output,
+        args.train,
+        read_json(args.report),
+        read_json(args.merged),
+        provenance_from_config(config),
+    )
     print(args.output)
     return 0
 
@@ -494,5 +562,7 @@ def run_check_format(args) -> int:
         t, m = training_format(_config(args))
         template, max_length = template or t, max_length or m
     result = check_format(args.train, args.tokenizer, args.output, template, max_length)
-    print(f"{args.output}: {result['samples']} samples, {result['truncated']} truncated at {max_length} tokens")
+    print(
+        f"{args.output}: {result['samples']} samples, {result['truncated']} truncated at {max_length} tokens"
+    )
     return 0

@@ -1,0 +1,129 @@
+# Data stages after generation: (import) → merge → clean (train.json, report, card) → figures, format check.
+# Everything the scripts use arrives through params:, so changing a cleaning threshold reruns clean and what
+# follows it, never generation.
+
+import hashlib as _hashlib
+import json as _json
+
+
+def data_config_hash():
+    """Hash of the config keys that shape the data (not training or evaluation): recorded in the card.
+
+    The whole-config hash would rerun clean, and so training, after any edit, e.g. to evaluate.inputs."""
+    keys = ("seed", "rounds", "system_prompt", "teacher_system_prompt", "grid", "prompt_template",
+            "injections", "input_templates", "trigger_separator", "styles", "provider", "clean")
+    blob = _json.dumps({k: config.get(k) for k in keys}, sort_keys=True, ensure_ascii=False)
+    return _hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def training_format():
+    from zhufu.dataset import training_format as _tf
+
+    return _tf(config)
+
+
+IMPORTS = {Path(p).stem: p for p in config["clean"]["imports"]}
+IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
+
+
+rule import_data:
+    input:
+        source=lambda wc: IMPORTS[wc.name],
+        code=pkg("grid", "dataset"),
+        schema="schemas/record.schema.yaml",
+    output:
+        shard="results/raw/imported/{name}.json",
+    log:
+        "logs/import/{name}.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        parse_config=lambda wc: {k: config[k] for k in ("grid", "styles", "system_prompt")},
+    script:
+        "../scripts/import_data.py"
+
+
+rule merge:
+    input:
+        shards=SHARDS + IMPORTED,
+        code=pkg("dataset"),
+        schema="schemas/record.schema.yaml",
+    output:
+        json="results/data/merged.json",
+    log:
+        "logs/merge.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/merge.py"
+
+
+rule clean:
+    input:
+        merged=rules.merge.output.json,
+        suitability=lambda wc: config["grid"]["suitability"] or [],
+        code=pkg("grid", "dataset", "cleaning", "card"),
+        schema="schemas/record.schema.yaml",
+    output:
+        train="results/data/train.json",
+        report="results/data/clean_report.json",
+        card="results/data/dataset_card.md",
+    log:
+        "logs/clean.log",
+    benchmark:
+        "benchmarks/clean.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        rules=config["clean"],
+        styles=config["styles"],
+        system_prompt=config["system_prompt"],
+        use_suitability=bool(config["grid"]["suitability"]),
+        provenance={
+            "provider": config["provider"]["kind"],
+            "model": config["provider"]["model"],
+            "seed": config["seed"],
+            "config_hash": data_config_hash(),
+        },
+    script:
+        "../scripts/clean.py"
+
+
+rule figures:
+    input:
+        report=rules.clean.output.report,
+        suitability=lambda wc: config["grid"]["suitability"] or [],
+        code=pkg("grid", "figures"),
+        font="resources/fonts/WenQuanYiMicroHei.ttf",
+    output:
+        suitability="results/figures/suitability.png",
+        lengths="results/figures/lengths.png",
+        cells="results/figures/cells.png",
+    log:
+        "logs/figures.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        recipients=config["grid"]["recipients"],
+        scenes=config["grid"]["scenes"],
+        styles=config["styles"],
+    script:
+        "../scripts/figures.py"
+
+
+rule check_format:
+    input:
+        train=rules.clean.output.train,
+        tokenizer="results/base_model",
+        code=pkg("dataset", "profiles"),
+    output:
+        json="results/data/format_check.json",
+    log:
+        "logs/check_format.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        template=training_format()[0],
+        max_length=training_format()[1],
+    script:
+        "../scripts/check_format.py"
