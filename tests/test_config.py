@@ -51,7 +51,9 @@ def test_snakemake_rejects_bad_config_before_any_job(project):
     config["provider"]["temprature"] = 0.7
     config["rounds"] = "two"
     (project / "bad.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    result = run_cmd([str(BIN / "snakemake"), "--cores", "1", "--configfile", "bad.yaml"], cwd=project, timeout=120)
+    result = run_cmd(
+        [str(BIN / "snakemake"), "--cores", "1", "--configfile", "bad.yaml"], cwd=project, timeout=120
+    )
     assert result.returncode != 0
     err_lines = [line for line in result.stderr.splitlines() if "config error" in line]
     assert len(err_lines) == 1, result.stderr

@@ -25,7 +25,9 @@ def test_env_pins_agree_with_lock(env):
     for line in pip:
         name, _, version = line.partition("==")
         assert version, f"{env.name}: {line} is not pinned with =="
-        assert LOCK.get(name.lower().replace("_", "-")) == version, f"{env.name}: {line} disagrees with the lock"
+        assert LOCK.get(name.lower().replace("_", "-")) == version, (
+            f"{env.name}: {line} disagrees with the lock"
+        )
     assert "python=3.11" in spec["dependencies"]
 
 
@@ -54,12 +56,30 @@ def test_reinstalling_from_the_lock_cannot_bring_triton_back(tmp_path):
     import sys
 
     report = tmp_path / "plan.json"
-    lock = [line for line in (ROOT / "requirements.lock").read_text().splitlines() if not line.startswith("deepspeed")]
+    lock = [
+        line
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if not line.startswith("deepspeed")
+    ]
     (tmp_path / "lock.txt").write_text("\n".join(lock) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "-q",
-         "--report", str(report), "-r", str(tmp_path / "lock.txt")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-deps",
+            "--ignore-installed",
+            "-q",
+            "--report",
+            str(report),
+            "-r",
+            str(tmp_path / "lock.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}

@@ -15,7 +15,10 @@ from zhufu.errors import ZhufuError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve-teacher": ("zhufu.teacher", "run the offline OpenAI-compatible teacher (a phrase bank, not an LLM)"),
+    "serve-teacher": (
+        "zhufu.teacher",
+        "run the offline OpenAI-compatible teacher (a phrase bank, not an LLM)",
+    ),
     "estimate": ("zhufu.generate", "print the calls, tokens and cost a config would spend, spending nothing"),
     "generate": ("zhufu.generate", "manufacture raw per-round JSON shards by calling the configured LLM"),
     "import": ("zhufu.dataset", "turn an existing conversation-format JSON file into a raw shard"),
@@ -24,13 +27,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("zhufu.dataset", "write the dataset card for a cleaned training set"),
     "check-format": ("zhufu.dataset", "run train.json through XTuner's own dataset processing"),
     "figures": ("zhufu.figures", "draw the suitability heatmap, length histograms and cell counts"),
-    "base-model": ("zhufu.base_model", "build the tiny offline model, or resolve/download the configured one"),
+    "base-model": (
+        "zhufu.base_model",
+        "build the tiny offline model, or resolve/download the configured one",
+    ),
     "render-config": ("zhufu.xtuner_config", "render the XTuner config for the configured training profile"),
     "train": ("zhufu.launcher", "run XTuner training (resumes from the last checkpoint)"),
     "pth-to-hf": ("zhufu.launcher", "convert an XTuner .pth checkpoint to a HF adapter"),
     "merge-model": ("zhufu.launcher", "merge a HF adapter into its base model"),
     "evaluate": ("zhufu.evaluate", "answer the evaluation inputs with the base and the tuned model"),
     "chat": ("zhufu.chat", "ask the tuned model for a blessing, once or interactively"),
+    "serve": ("zhufu.serve", "serve a web demo of the tuned model on 127.0.0.1"),
 }
 
 

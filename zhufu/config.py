@@ -59,7 +59,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{_key_path(error)}: expected {expected}, got {type(error.instance).__name__} {error.instance!r}"
+        return (
+            f"{_key_path(error)}: expected {expected}, got {type(error.instance).__name__} {error.instance!r}"
+        )
     if error.validator == "required":
         return f"{_key_path(error)}: {error.message}"
     return f"{_key_path(error)}: {error.message}"
@@ -68,7 +70,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults in place and validate. Raise ConfigError naming the first bad key."""
     validator = _Validator(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         raise ConfigError(f"{source}: {_describe(errors[0])}")
     _check_semantics(config, source)
@@ -78,17 +82,23 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 def _check_semantics(config: dict[str, Any], source: str) -> None:
     for name, style in config["styles"].items():
         if style["min_chars"] > style["max_chars"]:
-            raise ConfigError(f"{source}: styles.{name}: min_chars ({style['min_chars']}) > max_chars ({style['max_chars']})")
+            raise ConfigError(
+                f"{source}: styles.{name}: min_chars ({style['min_chars']}) > max_chars ({style['max_chars']})"
+            )
         if style.get("few_shot_k", 0) > len(style.get("examples", [])):
             raise ConfigError(
                 f"{source}: styles.{name}.few_shot_k is {style['few_shot_k']} but only "
                 f"{len(style.get('examples', []))} examples are given"
             )
         if "/" in name or name.startswith("."):
-            raise ConfigError(f"{source}: styles.{name}: a style name is a directory name; no '/' or leading '.'")
+            raise ConfigError(
+                f"{source}: styles.{name}: a style name is a directory name; no '/' or leading '.'"
+            )
     provider = config["provider"]
     if provider["kind"] != "offline" and not provider.get("base_url") and provider["kind"] == "openai":
-        raise ConfigError(f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)")
+        raise ConfigError(
+            f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)"
+        )
     model = config.get("model", {})
     if model.get("source") == "path" and not model.get("path"):
         raise ConfigError(f"{source}: model.path is required when model.source is 'path'")

@@ -80,7 +80,9 @@ def is_suitable(matrix: dict[tuple[str, str], bool], recipient: str, scene: str)
     return matrix.get((recipient, scene), True)
 
 
-def cells(config: dict, style: str, round_: int, matrix: dict[tuple[str, str], bool] | None = None) -> list[Cell]:
+def cells(
+    config: dict, style: str, round_: int, matrix: dict[tuple[str, str], bool] | None = None
+) -> list[Cell]:
     """The cells of one shard (style × round), in grid order, skipping unsuitable pairs."""
     grid = config["grid"]
     return [
@@ -119,4 +121,3 @@ def build_prompt(config: dict, cell: Cell) -> Prompt:
         {"role": "user", "content": user},
     ]
     return Prompt(cell, record_id(config["seed"], cell), messages, training_input(config, cell, rng))
-
