@@ -1,0 +1,84 @@
+# Base model → rendered XTuner config → training. The train rule is the GPU rule: it declares gpu/mem_mb/
+# runtime/cpus_per_gpu so that a cluster profile sends it to a GPU node (a local run is not limited by
+# `gpu`), and it resumes from the newest complete checkpoint when a killed run is restarted: the
+# checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
+# work_dir/last_checkpoint, which names the final one and which XTuner writes last.
+
+from zhufu.xtuner_config import training_settings  # noqa: E402
+
+try:
+    TRAIN = training_settings(config)
+except ConfigError as e:
+    print(f"zhufu: config error: {e}", file=sys.stderr)
+    sys.exit(1)
+WORK_DIR = "results/train/work_dir"
+
+
+def _maybe_protected(path):
+    return protected(path) if TRAIN["protect_checkpoints"] else path
+
+
+rule base_model:
+    input:
+        train=lambda wc: rules.clean.output.train if config["model"]["source"] == "tiny" else [],
+        code=pkg("base_model"),
+    output:
+        dir=directory("results/base_model"),
+    log:
+        "logs/base_model.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        model=config["model"],
+        seed=config["seed"],
+    script:
+        "../scripts/base_model.py"
+
+
+rule render_config:
+    input:
+        base_model=rules.base_model.output.dir,
+        train=rules.clean.output.train,
+        code=pkg("profiles", "xtuner_config"),
+        template="zhufu/templates/xtuner_config.py.j2",
+    output:
+        config="results/train/xtuner_config.py",
+    log:
+        "logs/render_config.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        profile=config["train"]["profile"],
+        overrides=config["train"]["overrides"],
+        system=config["system_prompt"],
+        evaluation_inputs=config["evaluate"]["inputs"],
+    script:
+        "../scripts/render_config.py"
+
+
+rule train:
+    input:
+        config=rules.render_config.output.config,
+        base_model=rules.base_model.output.dir,
+        train=rules.clean.output.train,
+        code=pkg("launcher"),
+    output:
+        last=_maybe_protected(f"{WORK_DIR}/last_checkpoint"),
+    log:
+        "logs/train.log",
+    benchmark:
+        "benchmarks/train.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 8
+    resources:
+        gpu=TRAIN["nproc_per_node"],
+        mem_mb=TRAIN["mem_mb"],
+        runtime=TRAIN["runtime_min"],
+        cpus_per_gpu=lambda wc, threads: max(1, threads // TRAIN["nproc_per_node"]),
+    params:
+        work_dir=WORK_DIR,
+        deepspeed=TRAIN["deepspeed"],
+        nproc_per_node=TRAIN["nproc_per_node"],
+    script:
+        "../scripts/train.py"
