@@ -473,13 +473,17 @@ def _poem(c: _Composer, limit: int) -> str:
     lines = [s + "。" for s in c.scene_pool("poem")]
     general = [s + "。" for s in c.pool(c.style.get("general"), c.bank["general"].get("poem"))]
     names = c.address()
-    greets = c.greetings()
-    dedications = [f"——谨祝{n}{g}。" for n in names[:2] for g in greets[:2]]
-    dedications = [d for d in dedications if c.ok(d)] or [
-        "——" + d for d in c.pool(c.style.get("dedications", ["以诗为贺。"]))
-    ]
+    greets = [g for g in c.greetings() if not g.startswith(("恭喜", "预祝", "祝"))]
+    leads = c.style.get("wish_lead", ["谨祝"])
+    dedications = [f"——{c.rng.choice(leads)}{n}{g}。" for n in names[:2] for g in greets[:2]]
+    dedications += [f"——{c.rng.choice(leads)}{w}。" for w in c.cat_pool("wish") if _takes_prefix(w)][:2]
+    dedications += ["——" + d for d in c.pool(c.style.get("dedications", ["以诗为贺。"]))[:1]]
+    dedications = [d for d in dedications if c.ok(d)]
+    c.rng.shuffle(dedications)
     target = _target(c, limit, 0.7)
-    slots = [(lines, True), (lines[1:] + general, False), (dedications, False)]
+    second = lines[1:] + general
+    c.rng.shuffle(second)
+    slots = [(lines, True), (second, False), (dedications, False)]
     return _end(_fit(slots, limit, target))
 
 
