@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_cmd
+from conftest import ROOT
 from faultserver import FaultServer
 from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
 
@@ -170,59 +170,29 @@ def test_budget_stops_cleanly_and_keeps_what_was_paid(tmp_path):
         assert server.successes == n_cells(config)
 
 
-def test_estimate_and_dry_run_spend_nothing(tmp_path):
+def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
+    from zhufu.cli import main
+
     with FaultServer() as server:
         config = make_config(server, price={"input_per_1m": 2, "output_per_1m": 8, "currency": "CNY"})
         cfg = write_config(tmp_path / "c.yaml", config)
-        cache = str(tmp_path / "cache.sqlite")
-        est = run_cmd(
-            [sys.executable, "-m", "zhufu", "estimate", "--config", str(cfg), "--cache", cache], ROOT
-        )
-        assert est.returncode == 0, est.stderr
-        assert f"total: {n_cells(config)} calls" in est.stdout and "CNY" in est.stdout
-        dry = run_cmd(
-            [
-                sys.executable,
-                "-m",
-                "zhufu",
-                "generate",
-                "--config",
-                str(cfg),
-                "--cache",
-                cache,
-                "--dry-run",
-                "-o",
-                str(tmp_path / "raw"),
-            ],
-            ROOT,
-        )
-        assert dry.returncode == 0 and f"total: {n_cells(config)} calls" in dry.stdout
+        common = ["--config", str(cfg), "--cache", str(tmp_path / "cache.sqlite")]
+        assert main(["estimate", *common]) == 0
+        out = capsys.readouterr().out
+        assert f"total: {n_cells(config)} calls" in out and "CNY" in out and "严肃/round_1" in out
+        assert main(["generate", *common, "--dry-run", "-o", str(tmp_path / "raw")]) == 0
+        assert f"total: {n_cells(config)} calls" in capsys.readouterr().out
         assert (
             server.requests == 0
             and not (tmp_path / "raw").exists()
             and not (tmp_path / "cache.sqlite").exists()
         )
-        gen = run_cmd(
-            [
-                sys.executable,
-                "-m",
-                "zhufu",
-                "generate",
-                "--config",
-                str(cfg),
-                "--cache",
-                cache,
-                "-o",
-                str(tmp_path / "raw"),
-            ],
-            ROOT,
-        )
-        assert gen.returncode == 0, gen.stderr
-        assert "failed" in gen.stderr and "shard written" in gen.stderr  # the summary lines
-        again = run_cmd(
-            [sys.executable, "-m", "zhufu", "estimate", "--config", str(cfg), "--cache", cache], ROOT
-        )
-        assert "total: 0 calls" in again.stdout
+        with caplog.at_level("INFO", logger="zhufu.generate"):
+            assert main(["generate", *common, "-o", str(tmp_path / "raw"), "--no-progress"]) == 0
+        summaries = [r.getMessage() for r in caplog.records if "shard written" in r.getMessage()]
+        assert len(summaries) == 4 and "0 failed" in summaries[0]
+        assert main(["estimate", *common]) == 0
+        assert "total: 0 calls" in capsys.readouterr().out
 
 
 def test_shard_config_holds_only_this_style():

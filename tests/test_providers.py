@@ -108,3 +108,19 @@ def test_identity_leaves_out_port_and_key():
     assert a == b == {"kind": "offline", "model": "m"}
     c = provider_identity({"kind": "openai", "model": "m", "base_url": "http://LocalHost:8000/v1"})
     assert c["host"] == "localhost" and "8000" not in str(c)
+
+
+def test_offline_kind_uses_the_teacher_and_its_cache_survives_a_new_port(monkeypatch, tmp_path):
+    from zhufu.teacher import running_teacher, teacher_stats
+
+    monkeypatch.delenv("ZHUFU_TEST_KEY", raising=False)
+    config = make_config(kind="offline", model="zhufu-offline-teacher", base_url=None, api_key_env=None)
+    shards = all_shards(config, tmp_path / "raw")
+    # Started by generate itself on a random port...
+    generate_shards(config, shards, tmp_path / "cache.sqlite", progress=False)
+    records = read_records(tmp_path / "raw")
+    assert len(records) == n_cells(config) and records[0]["meta"]["provider"] == "offline"
+    # ...and a teacher on another port is never asked again: the port is not part of the cache key.
+    with running_teacher() as url:
+        generate_shards(config, shards, tmp_path / "cache.sqlite", base_url=url, progress=False)
+        assert teacher_stats(url)["requests"] == 0

@@ -285,6 +285,9 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
         except CallError as e:
             if e.status in FATAL_STATUS and not state.fatal:
                 state.fatal = f"{e.reason} (provider {p['kind']}, model {p['model']})"
+            elif state.fatal and e.status is None and not e.retryable:
+                stats.missing += 1  # stopped by another worker's fatal answer, not a failure of this cell
+                continue
             stats.failed.append((cell, e.reason))
             continue
         finally:
@@ -311,7 +314,7 @@ class _Progress:
 
             self.bar = Progress(
                 TextColumn("generate"),
-                BarColumn(),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -453,14 +456,14 @@ def generate_shards(
     stats = [ShardStats(style, int(r), Path(out)) for style, r, out in shards]
     for s in stats:
         s.cells = sum(1 for _ in iter_cells(config, s.style, s.round, matrix))
-    started = time.monotonic()
     for noisy in ("httpx", "httpx2", "openai", "zhipuai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with AnswerCache(cache_path) as cache:
         with _endpoint(config, base_url) as url:
             client = make_provider(p, api_key, url)
+            started = time.monotonic()
             state = asyncio.run(_run(config, stats, matrix, cache, client, progress))
-        seconds = time.monotonic() - started
+            seconds = time.monotonic() - started
         for s in stats:
             if not s.failed and not s.missing and s.done == s.cells:
                 write_shard(config, s, matrix, cache)
