@@ -367,3 +367,32 @@ def test_the_bank_covers_tianji_recipients_and_scenes(config):
     ]
     assert len(phrases) >= 400 and len(set(phrases)) >= 0.95 * len(phrases)
     assert not any("你们" in p for p in phrases)
+
+
+def test_default_run_data_passes_the_cleaning_rules(client, config):
+    """What the teacher writes for the default run is kept by `zhufu clean`: nothing is dropped or rewritten
+    except exact duplicates, and those only where a cell's two rounds drew the very same prompt."""
+    from zhufu.dataset import clean_records
+
+    matrix = load_suitability(ROOT / config["grid"]["suitability"])
+    records, prompt_of = [], {}
+    for style in config["styles"]:
+        for p in grid_prompts(config, style):
+            out = ask(client, p.messages, temperature=config["provider"]["temperature"])
+            prompt_of[p.id] = p.messages[-1]["content"]
+            meta = {
+                "recipient": p.cell.recipient,
+                "scene": p.cell.scene,
+                "style": style,
+                "round": p.cell.round,
+            }
+            meta |= {"provider": "offline", "model": "zhufu-offline-teacher", "prompt": prompt_of[p.id]}
+            meta["usage"] = {"prompt_tokens": 0, "completion_tokens": 0}
+            conversation = [{"system": config["system_prompt"], "input": p.input, "output": out}]
+            records.append({"id": p.id, "conversation": conversation, "meta": meta})
+    kept, report = clean_records(records, config["clean"], config["styles"], config["system_prompt"], matrix)
+    assert report["modified"] == []
+    assert {d["rule"] for d in report["dropped"]} <= {"exact_dedup"}
+    for d in report["dropped"]:
+        assert prompt_of[d["id"]] == prompt_of[d["duplicate_of"]], d
+    assert len(kept) >= 0.9 * len(records)

@@ -337,7 +337,7 @@ def _xiaohongshu(c: _Composer, limit: int) -> str:
     heads = []
     for g in greets[:3]:
         for n in names[:2] or [""]:
-            particle = c.rng.choice(particles) if mid_emoji else ""
+            particle = c.rng.choice([p for p in particles if p != end_particle]) if mid_emoji else ""
             heads.append(f"{n}{g}{particle}{mid_emoji}" + ("" if mid_emoji else "！"))
     if not heads:
         heads = [f"{n}{mid_emoji}" if mid_emoji else f"{n}，" for n in names[:2]]
@@ -623,7 +623,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait 40 ms between them
     server_version = "zhufu-offline-teacher"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def _send_json(self, status: int, payload: dict) -> None:
@@ -637,7 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _path(self) -> str:
         return self.path.split("?", 1)[0].rstrip("/") or "/"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         path = self._path()
         if path in MODELS_PATHS:
             model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "zhufu"}
@@ -647,7 +647,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, _error(f"no such endpoint: GET {path}", "not_found_error", code="not_found"))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         path = self._path()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
@@ -732,7 +732,7 @@ def teacher_stats(base_url: str, timeout: float = 5.0) -> dict:
     from urllib.request import urlopen
 
     root = base_url.rstrip("/").removesuffix("/v1")
-    with urlopen(f"{root}/zhufu/stats", timeout=timeout) as resp:  # noqa: S310 (a local URL we started)
+    with urlopen(f"{root}/zhufu/stats", timeout=timeout) as resp:
         return json.loads(resp.read().decode("utf-8"))
 
 
