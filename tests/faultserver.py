@@ -67,6 +67,7 @@ class FaultServer:
         self.rng = random.Random(seed)
         self.hold = False
         self.script: list[str | None] = []  # faults for the next requests, in order, before `rates` apply
+        self.poison: dict[str, str] = {}  # substring of a prompt -> the fault it always gets
         self.request_times: list[float] = []
         self.requests = 0
         self.successes = 0
@@ -212,7 +213,9 @@ class FaultServer:
         if self.latency:
             await asyncio.sleep(self.latency)
         self.request_times.append(time.monotonic())
-        fault = self.script.pop(0) if self.script else self._draw_fault()
+        text = json.dumps(request["messages"], ensure_ascii=False)
+        poisoned = next((f for sub, f in self.poison.items() if sub in text), None)
+        fault = poisoned or (self.script.pop(0) if self.script else self._draw_fault())
         if fault:
             self.faults[fault] += 1
         if self._gone(reader, writer):

@@ -138,12 +138,19 @@ def test_failed_cells_mean_no_shard_and_the_rerun_asks_only_for_them(tmp_path):
 
 
 def test_failed_shard_is_not_written_but_complete_ones_are(tmp_path):
-    with FaultServer(rates={"empty": 1.0}) as server:
+    stale = tmp_path / "raw" / "严肃" / "round_0.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("[]")
+    with FaultServer() as server:
+        server.poison = {"商务严肃风格": "empty"}  # every 严肃 prompt gets an empty answer
         config = make_config(server, max_attempts=2)
-        with pytest.raises(ProviderError, match="empty answer"):
+        with pytest.raises(
+            ProviderError, match=r"shards not written: 严肃/round_0, 严肃/round_1\..*empty answer"
+        ):
             _run(config, tmp_path)
-    assert not list(tmp_path.glob("raw/*/*.json"))
-    assert _cached_rows(tmp_path) == 0  # an empty answer is a failure, never cached
+    assert not stale.exists()  # the earlier run's shard is not left to pass for this one
+    assert sorted(p.name for p in tmp_path.glob("raw/小红书/*.json")) == ["round_0.json", "round_1.json"]
+    assert _cached_rows(tmp_path) == n_cells(config) // 2  # empty answers are failures, never cached
 
 
 def test_budget_stops_cleanly_and_keeps_what_was_paid(tmp_path):
@@ -249,3 +256,23 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
     assert len(records) == n_cells(config) == len({r["id"] for r in records})
     for path in tmp_path.glob("raw/*/round_*.json"):
         json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
+    from zhufu.limits import backoff_delay
+
+    delays = [backoff_delay(8, base=1.0, cap=5.0) for _ in range(200)]
+    assert max(delays) <= 5.0 and len(set(delays)) > 100
+    assert all(backoff_delay(1, base=0.1, cap=1.0, retry_after=3.0) >= 3.0 for _ in range(50))
+
+
+def test_tpm_limit_accepts_a_request_larger_than_its_bucket():
+    import asyncio
+
+    from zhufu.limits import Limits
+
+    async def go():
+        limits = Limits(rpm=6000, tpm=60)  # a 10-token bucket; a 500-token request must not raise
+        await limits.acquire(500)
+
+    asyncio.run(go())

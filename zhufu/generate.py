@@ -156,6 +156,14 @@ def estimate_shards(
     return out
 
 
+def _ljust(text: str, width: int) -> str:
+    """Pad to a terminal width, counting CJK characters as two columns."""
+    import unicodedata
+
+    cols = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(1, width - cols)
+
+
 def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
     provider = config["provider"]
     lines = [
@@ -166,7 +174,7 @@ def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
     for e in estimates:
         cost = cost_of(provider, e.prompt_tokens, e.completion_tokens)
         lines.append(
-            f"{e.style + '/round_' + str(e.round):<24}{e.cells:>7}{e.skipped:>9}{e.cached:>8}{e.calls:>7}"
+            f"{_ljust(e.style + '/round_' + str(e.round), 24)}{e.cells:>7}{e.skipped:>9}{e.cached:>8}{e.calls:>7}"
             f"{e.prompt_tokens:>10}{e.completion_tokens:>10}{_money(provider, cost):>14}"
         )
     calls = sum(e.calls for e in estimates)
@@ -467,6 +475,10 @@ def generate_shards(
         for s in stats:
             if not s.failed and not s.missing and s.done == s.cells:
                 write_shard(config, s, matrix, cache)
+            elif s.out_path.exists():
+                # An older shard would pass for this run's output: incomplete means no file at all.
+                s.out_path.unlink()
+                log.warning("%s: removed the shard of an earlier run (this run is incomplete)", s.out_path)
             log.info("%s", _summary(s, p, seconds))
     _raise_if_incomplete(stats, state, p)
     return stats
