@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import random
 import re
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import openai
 import pytest
 import yaml
 import zhipuai
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from snakemake.utils import update_config
 
 from zhufu import teacher
@@ -396,3 +399,49 @@ def test_default_run_data_passes_the_cleaning_rules(client, config):
     for d in report["dropped"]:
         assert prompt_of[d["id"]] == prompt_of[d["duplicate_of"]], d
     assert len(kept) >= 0.9 * len(records)
+
+
+BANK = teacher.load_phrases()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    recipient=st.sampled_from([*BANK["recipients"], "王阿姨", "小李", ""]),
+    scene=st.sampled_from([*BANK["scenes"], "国庆节", ""]),
+    style=st.sampled_from([*BANK["styles"], "未知风格"]),
+    max_chars=st.integers(2, 300),
+    no_address=st.booleans(),
+    no_scene=st.booleans(),
+    no_wish_words=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_any_ask_gets_a_fitting_answer(
+    recipient, scene, style, max_chars, no_address, no_scene, no_wish_words, seed
+):
+    """Whatever the limit, recipient (known or not), scene and rules: non-empty, shorter than the limit,
+    emoji only for 小红书 (always, once there is room) and 放飞自我, and the rules kept."""
+    ask_ = teacher.Ask(recipient, scene, style, max_chars, no_address, no_scene, no_wish_words)
+    text = teacher.compose(ask_, BANK, random.Random(seed))
+    assert text and len(text) < max_chars
+    n_emoji = len(EMOJI.findall(text))
+    if style == "小红书" and max_chars >= 12:
+        assert 1 <= n_emoji <= 2, text
+    elif style not in {"小红书", "放飞自我"}:
+        assert n_emoji == 0, text
+    if no_wish_words:
+        assert not any(w in text for w in ("愿你", "祝你", "愿您", "祝您")), text
+    if no_address and recipient in BANK["recipients"]:
+        assert not any(a in text for a in [recipient, *BANK["recipients"][recipient]["address"]]), text
+    if no_scene and scene in BANK["scenes"]:
+        assert not any(w in text for w in [scene, *BANK["scenes"][scene]["keywords"]]), text
+
+
+def test_the_last_user_message_counts_and_content_parts_work(client):
+    parts = [{"type": "text", "text": "祝爷爷重阳节快乐，"}, {"type": "text", "text": "严肃风格"}]
+    history = [
+        {"role": "user", "content": "祝同学生日快乐，小红书风格"},
+        {"role": "assistant", "content": "生日快乐呀🎂"},
+        {"role": "user", "content": parts},
+    ]
+    text = ask(client, history)
+    assert "您" in text and not EMOJI.search(text) and "生日" not in text

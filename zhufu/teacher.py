@@ -298,7 +298,7 @@ def _end(text: str, mark: str = "。") -> str:
 def compose(ask: Ask, bank: dict, rng: random.Random) -> str:
     """A blessing for `ask`, strictly shorter than ask.max_chars characters."""
     c = _Composer(ask, bank, rng)
-    limit = max(4, ask.max_chars - 1)
+    limit = max(1, ask.max_chars - 1)
     builder = _STYLES.get(ask.style, _normal)
     text = builder(c, limit)
     text = _truncate(text, limit)
@@ -351,7 +351,8 @@ def _xiaohongshu(c: _Composer, limit: int) -> str:
         end_emoji = mid_emoji + end_emoji
     if body and body[-1] in PARTICLES:
         end_particle = ""
-    return _truncate(body, limit - len(end_particle) - len(end_emoji)) + end_particle + end_emoji
+    tail = end_particle + end_emoji if limit >= 6 else ""
+    return _truncate(body, max(1, limit - len(tail))) + tail
 
 
 def _serious(c: _Composer, limit: int) -> str:
@@ -519,14 +520,19 @@ def request_seed(body: dict, index: int = 0) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
 
 
+def _text(content: object) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
 def answer(body: dict, bank: dict, index: int = 0) -> str:
     """The blessing the teacher gives for a chat-completion request body."""
-    user = "\n".join(
-        m["content"]
-        for m in body["messages"]
-        if m.get("role") == "user" and isinstance(m.get("content"), str)
-    )
-    ask = parse_prompt(user, bank)
+    users = [_text(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
+    ask = parse_prompt(users[-1] if users else "", bank)
     return compose(ask, bank, random.Random(request_seed(body, index)))
 
 
@@ -553,9 +559,7 @@ def _check_body(body: object) -> dict:
 
 def completion(body: dict, bank: dict) -> dict:
     """A complete OpenAI-shaped chat.completion for a (checked) request body."""
-    prompt_tokens = sum(
-        len(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str)
-    )
+    prompt_tokens = sum(len(_text(m.get("content"))) for m in body["messages"])
     max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
     choices, completion_tokens = [], 0
     for i in range(body.get("n", 1)):
