@@ -28,21 +28,27 @@ _EMOJI_BASE = (
 EMOJI_RE = re.compile(
     f"[{_EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{_EMOJI_BASE}](?:\ufe0f)?)*"
 )
-_INVISIBLE = {"\ufe0f", "\u200d"}
+_WHITESPACE = re.compile(r"\s+")
 
 # Punctuation that may stray at the start of an answer. Opening quotes and brackets are not in it.
 LEADING_PUNCT = set("!！。，,、；;：:？?…~～·.—-_ \t\r\n　")
 CLOSING_OF = {'"': '"', "“": "”", "「": "」", "『": "』", "'": "'", "‘": "’", "＂": "＂"}
 
 
+_HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002fa1f\uf900-\ufaff"
+HAN_RE = re.compile(f"[{_HAN}]")
+LETTER_RE = re.compile(r"[^\W\d_]")  # any Unicode letter: Han, Latin, kana, …
+NON_HAN_LETTER_RE = re.compile(f"[^\\W\\d_{_HAN}]")
+_NOT_COUNTED = re.compile("[\\s\ufe0f\u200d]")
+
+
 def is_han(ch: str) -> bool:
-    o = ord(ch)
-    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0x20000 <= o <= 0x2FA1F or 0xF900 <= o <= 0xFAFF
+    return HAN_RE.match(ch) is not None
 
 
 def count_chars(text: str) -> int:
     """Characters a reader sees: code points, without whitespace and emoji joiners (chars, not bytes)."""
-    return sum(1 for ch in text if not ch.isspace() and ch not in _INVISIBLE)
+    return len(text) - len(_NOT_COUNTED.findall(text))
 
 
 def count_emoji(text: str) -> int:
@@ -69,8 +75,12 @@ class RuleContext:
     compiled: dict = field(default_factory=dict)
 
     def regexes(self, rule: str, patterns: list[str]) -> list[re.Pattern]:
+        """The patterns compiled once; joined into one alternation when they allow it (one scan, not n)."""
         if rule not in self.compiled:
-            self.compiled[rule] = [re.compile(p) for p in patterns]
+            try:
+                self.compiled[rule] = [re.compile("|".join(f"(?:{p})" for p in patterns))] if patterns else []
+            except re.error:
+                self.compiled[rule] = [re.compile(p) for p in patterns]
         return self.compiled[rule]
 
 
@@ -114,6 +124,8 @@ def rule_meta_answer(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str 
 
 
 def rule_wrapping_quotes(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    if not text or (text[0] not in CLOSING_OF and not text[0].isspace()):
+        return text
     out = text.strip()
     while len(out) >= 2 and out[0] in CLOSING_OF:
         opening, closing = out[0], CLOSING_OF[out[0]]
@@ -131,7 +143,9 @@ def rule_wrapping_quotes(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> 
 
 def rule_leading_punctuation(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
     """Strip stray punctuation, and single particles between punctuation, from the start (「！啦～」「。哦！」)."""
-    particles = set(cfg["particles"])
+    particles = cfg["particles"]
+    if not text or (text[0] not in LEADING_PUNCT and text[0] not in particles):
+        return text
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
@@ -160,10 +174,11 @@ def rule_list_items(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str |
 
 def chinese_ratio(text: str) -> float:
     """Han characters among all letters (Han, Latin, kana, …); digits, punctuation and emoji do not count."""
-    letters = [ch for ch in text if unicodedata.category(ch).startswith("L")]
-    if not letters:
-        return 0.0
-    return sum(1 for ch in letters if is_han(ch)) / len(letters)
+    others = len(NON_HAN_LETTER_RE.findall(text))
+    if not others:  # the usual case: one scan
+        return 1.0 if HAN_RE.search(text) else 0.0
+    han = len(HAN_RE.findall(text))
+    return han / (han + others)
 
 
 def rule_chinese_ratio(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
@@ -180,11 +195,14 @@ def repetition_ratio(text: str, n: int) -> float:
     keep only the top sqrt(#distinct) n-grams: on a short text that selection is empty exactly when every
     n-gram repeats (快乐快乐快乐… scores 0), so it cannot catch the repetition short blessings have.
     """
-    text = "".join(ch for ch in text if not ch.isspace())
-    if len(text) < n:
+    text = "".join(text.split())
+    total = len(text) - n + 1
+    if total < 1:
         return 0.0
-    counts = Counter(text[i : i + n] for i in range(len(text) - n + 1))
-    total = sum(counts.values())
+    grams = [text[i : i + n] for i in range(total)]
+    if len(set(grams)) == total:
+        return 0.0
+    counts = Counter(grams)
     return sum(c for c in counts.values() if c > 1) / total
 
 
@@ -267,37 +285,49 @@ class Verdict:
     dropped: tuple[str, str] | None = None  # (rule, detail)
 
 
+def _plan(rules_cfg: dict, ctx: RuleContext) -> tuple[list, list, list]:
+    """The enabled rules as (name, function, config) steps: before the repairs, the repairs, after them."""
+    key = ("plan", id(rules_cfg))
+    if key not in ctx.compiled:
+        steps: tuple[list, list, list] = ([], [], [])
+        part = 0
+        for name, fn in RECORD_RULES.items():
+            if name in REPEATED:
+                part = 1
+            elif part == 1:
+                part = 2
+            if rules_cfg[name].get("enabled", True):
+                steps[part].append((name, fn, rules_cfg[name]))
+        ctx.compiled[key] = (rules_cfg, steps)  # holding rules_cfg keeps its id from being reused
+    return ctx.compiled[key][1]
+
+
 def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
-    verdict = Verdict(text)
+    before_repairs, repairs, after_repairs = _plan(rules_cfg, ctx)
+    changes: list[tuple[str, str, str]] = []
 
-    def run(name: str) -> bool:
-        cfg = rules_cfg[name]
-        if not cfg.get("enabled", True):
-            return True
-        result = RECORD_RULES[name](verdict.text, meta, cfg, ctx)
-        if isinstance(result, Drop):
-            verdict.dropped = (name, result.detail)
-            return False
-        if result != verdict.text:
-            verdict.changes.append((name, verdict.text, result))
-            verdict.text = result
-        return True
+    def run(steps: list) -> tuple[str, str] | None:
+        nonlocal text
+        for name, fn, cfg in steps:
+            result = fn(text, meta, cfg, ctx)
+            if result.__class__ is Drop:
+                return name, result.detail
+            if result is not text and result != text:
+                changes.append((name, text, result))
+                text = result
+        return None
 
-    for name in RECORD_RULES:
-        if name in REPEATED:
-            if name != REPEATED[0]:
-                continue
-            for _ in range(4):
-                before = verdict.text
-                for rep in REPEATED:
-                    if not run(rep):
-                        return verdict
-                if verdict.text == before:
-                    break
-            continue
-        if not run(name):
-            return verdict
-    return verdict
+    dropped = run(before_repairs)
+    for _ in range(4):
+        if dropped:
+            break
+        start = text
+        dropped = run(repairs)
+        if text == start:
+            break
+    if not dropped:
+        dropped = run(after_repairs)
+    return Verdict(text, changes, dropped)
 
 
 def shingles(key: str, n: int) -> set[bytes]:
@@ -330,18 +360,65 @@ def near_duplicates(
     import xxhash
     from datasketch import MinHash, MinHashLSH
 
-    sets = [shingles(k, ngram) for k in keys]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     dups: dict[int, tuple[int, float]] = {}
-    minhashes = MinHash.generator(sets, num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+    # n-gram sets are rebuilt when needed rather than kept: at 1M rows they would cost gigabytes
+    minhashes = MinHash.generator(
+        (shingles(k, ngram) for k in keys), num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest
+    )
     for i, mh in enumerate(minhashes):
         best: tuple[int, float] | None = None
-        for j in lsh.query(mh):
-            jac = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
-            if jac >= threshold and (best is None or jac > best[1] or (jac == best[1] and j < best[0])):
-                best = (j, jac)
+        candidates = lsh.query(mh)
+        if candidates:
+            mine = shingles(keys[i], ngram)
+            for j in candidates:
+                theirs = shingles(keys[j], ngram)
+                jac = len(mine & theirs) / len(mine | theirs)
+                if jac >= threshold and (best is None or jac > best[1] or (jac == best[1] and j < best[0])):
+                    best = (j, jac)
         if best is not None:
             dups[i] = best
         else:
             lsh.insert(i, mh, check_duplication=False)
     return dups
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(rules_cfg: dict, styles: dict, matrix: dict | None) -> None:
+    _WORKER["args"] = (rules_cfg, RuleContext(styles=styles, matrix=matrix))
+
+
+def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[Verdict]:
+    rules_cfg, ctx = _WORKER["args"]
+    return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
+
+
+def record_verdicts(
+    items: list[tuple[str, dict]],
+    rules_cfg: dict,
+    styles: dict,
+    matrix: dict | None,
+    workers: int | None = None,
+) -> list[Verdict]:
+    """apply_record_rules over (text, meta) pairs, in order; large inputs are split across the CPU cores."""
+    import os
+
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 20_000 else 1
+    if workers <= 1:
+        ctx = RuleContext(styles=styles, matrix=matrix)
+        return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(2_000, len(items) // (workers * 4) + 1)
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(rules_cfg, styles, matrix),
+    ) as pool:
+        return [v for chunk in pool.map(_verdicts_chunk, chunks) for v in chunk]

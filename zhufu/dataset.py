@@ -210,20 +210,27 @@ def import_file(
 # ---------------------------------------------------------------- clean
 
 
+def _rule_meta(meta: dict) -> dict:
+    return {"recipient": meta.get("recipient"), "scene": meta.get("scene"), "style": meta.get("style")}
+
+
 def clean_records(
-    records: list[dict], rules: dict, styles: dict, system_prompt: str | None, matrix: dict | None
+    records: list[dict],
+    rules: dict,
+    styles: dict,
+    system_prompt: str | None,
+    matrix: dict | None,
+    workers: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
     from zhufu.cleaning import (
         ALL_RULES,
-        RuleContext,
-        apply_record_rules,
         exact_duplicates,
         near_duplicates,
         normalise,
+        record_verdicts,
     )
 
-    ctx = RuleContext(styles=styles, matrix=matrix)
     counts = {name: {"dropped": 0, "modified": 0} for name in ALL_RULES}
     dropped: list[dict] = []
     modified: list[dict] = []
@@ -247,20 +254,22 @@ def clean_records(
             entry["turn"] = turn
         modified.append(entry)
 
+    items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
+    verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
     for record in records:
         turns = [dict(t) for t in record["conversation"]]
         pending: list[tuple[str, str, str, int]] = []
         verdict_drop = None
         for k, turn in enumerate(turns):
+            verdict = next(verdicts)
+            if verdict_drop:
+                continue
             if rules["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
                 pending.append(("system_prompt", turn["system"], system_prompt, k))
                 turn["system"] = system_prompt
-            verdict = apply_record_rules(turn["output"], record["meta"], rules, ctx)
             pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
             turn["output"] = verdict.text
-            if verdict.dropped:
-                verdict_drop = verdict.dropped
-                break
+            verdict_drop = verdict.dropped
         if verdict_drop:
             drop(record, *verdict_drop)
             continue
@@ -381,6 +390,14 @@ def check_format(
     """
     import os
 
+    tdir = Path(tokenizer_dir)
+    if not tdir.is_dir():
+        raise DataError(
+            f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)"
+        )
+    rows = read_json(train)
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"{train}: expected a non-empty JSON list of {{'conversation': [...]}} rows")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -390,15 +407,7 @@ def check_format(
 
     if template not in PROMPT_TEMPLATE:
         raise DataError(f"check-format: unknown XTuner template {template!r}")
-    tdir = Path(tokenizer_dir)
-    if not tdir.is_dir():
-        raise DataError(
-            f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)"
-        )
     tokenizer = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=True)
-    rows = read_json(train)
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{train}: expected a non-empty JSON list of {{'conversation': [...]}} rows")
     dataset = load_dataset("json", data_files=str(train), split="train")
 
     def processed(limit: int):
