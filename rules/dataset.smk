@@ -9,10 +9,25 @@ import json as _json
 def data_config_hash():
     """Hash of the config keys that shape the data (not training or evaluation): recorded in the card.
 
-    The whole-config hash would rerun clean, and so training, after any edit, e.g. to evaluate.inputs."""
-    keys = ("seed", "rounds", "system_prompt", "teacher_system_prompt", "grid", "prompt_template",
-            "injections", "input_templates", "trigger_separator", "styles", "provider", "clean")
-    blob = _json.dumps({k: config.get(k) for k in keys}, sort_keys=True, ensure_ascii=False)
+    The whole-config hash would rerun clean, and so training, after any edit, e.g. to evaluate.inputs.
+    """
+    keys = (
+        "seed",
+        "rounds",
+        "system_prompt",
+        "teacher_system_prompt",
+        "grid",
+        "prompt_template",
+        "injections",
+        "input_templates",
+        "trigger_separator",
+        "styles",
+        "provider",
+        "clean",
+    )
+    blob = _json.dumps(
+        {k: config.get(k) for k in keys}, sort_keys=True, ensure_ascii=False
+    )
     return _hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -38,7 +53,9 @@ rule import_data:
     conda:
         "../envs/data.yaml"
     params:
-        parse_config=lambda wc: {k: config[k] for k in ("grid", "styles", "system_prompt")},
+        parse_config=lambda wc: {
+            k: config[k] for k in ("grid", "styles", "system_prompt")
+        },
     script:
         "../scripts/import_data.py"
 

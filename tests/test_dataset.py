@@ -354,3 +354,35 @@ def test_snakemake_rules_merge_clean_figures_and_rerun_on_a_threshold(tmp_path):
     assert r.returncode != 0
     assert "shards/b.json: record 0" in (project / "logs/merge.log").read_text()
     shutil.rmtree(project / "results")
+
+
+# ---------------------------------------------------------------- import parsing, for every shape of input
+
+
+def test_parse_input_recovers_every_cell_from_the_inputs_generation_writes():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from zhufu.config import load_config
+    from zhufu.dataset import parse_input
+    from zhufu.grid import Cell, cell_rng, training_input
+
+    config = load_config()
+    config["grid"]["recipients"] = [*config["grid"]["recipients"], "邻居", "大舅", "大伯"]
+    config["grid"]["scenes"] = [*config["grid"]["scenes"], "工作升职 ", "元宵节"]
+    grid = config["grid"]
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.sampled_from(grid["recipients"]),
+        st.sampled_from(grid["scenes"]),
+        st.sampled_from(list(config["styles"])),
+        st.integers(0, 3),
+    )
+    def check(recipient, scene, style, round_):
+        cell = Cell(style, round_, recipient, scene)
+        text = training_input(config, cell, cell_rng(config["seed"], cell))
+        parsed = parse_input(text, config)
+        assert parsed == {"recipient": recipient, "scene": scene.strip(), "style": style}, text
+
+    check()
