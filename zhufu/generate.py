@@ -282,7 +282,7 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
             continue
         est_in = prompt_tokens_estimate(prompt.messages)
         worst = cost_of(p, est_in, p["max_tokens"])
-        if budget is not None and state.spent + state.reserved + worst > budget:
+        if budget is not None and (state.budget_reached or state.spent + state.reserved + worst > budget):
             state.budget_reached = True
             stats.missing += 1
             continue
