@@ -345,3 +345,35 @@ def test_disabled_rules_do_nothing():
             cfg["enabled"] = False
     v = run("作为AI，我无法……", rules=rules)
     assert v.dropped is None and v.changes == []
+
+
+@given(
+    st.text(st.sampled_from(list("祝你快乐生日福安康年 ")), max_size=40),
+    st.integers(1, 5),
+    st.floats(0.05, 0.95),
+)
+def test_the_repetition_fast_path_agrees_with_the_full_ratio(text, n, max_ratio):
+    from zhufu.cleaning import Drop, rule_char_repetition
+
+    verdict = rule_char_repetition(text, {}, {"ngram": n, "max_ratio": max_ratio}, RuleContext(styles={}))
+    assert isinstance(verdict, Drop) == (repetition_ratio(text, n) > max_ratio)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.text(HAN, min_size=1, max_size=25), min_size=1, max_size=12),
+    st.sampled_from([16, 64]),
+    st.integers(0, 5),
+)
+def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
+    import xxhash
+    from datasketch import MinHash
+
+    from zhufu.cleaning import minhash_signatures, shingles
+
+    sets = [shingles(t, 3) for t in texts]
+    bulk = minhash_signatures(sets, num_perm, seed, chunk_rows=5)
+    for row, grams in zip(bulk, sets, strict=True):
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+        m.update_batch(list(grams))
+        assert (row == m.hashvalues).all()

@@ -207,7 +207,13 @@ def repetition_ratio(text: str, n: int) -> float:
 
 
 def rule_char_repetition(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
-    ratio = repetition_ratio(text, cfg["ngram"])
+    # Fast bound: a repeated n-gram's later occurrence holds only characters seen before, and the repeated
+    # share is at most twice the later occurrences, so it is ≤ 2·(len − distinct chars)/(n-grams).
+    n, squeezed = cfg["ngram"], "".join(text.split())
+    total = len(squeezed) - n + 1
+    if total < 1 or 2 * (len(squeezed) - len(set(squeezed))) <= cfg["max_ratio"] * total:
+        return text
+    ratio = repetition_ratio(text, n)
     if ratio > cfg["max_ratio"]:
         return Drop(
             f"{ratio:.0%} of the {cfg['ngram']}-character n-grams repeat (max {cfg['max_ratio']:.0%})"
@@ -348,28 +354,61 @@ def exact_duplicates(keys: list[str]) -> dict[int, int]:
     return dups
 
 
+def minhash_signatures(sets, num_perm: int, seed: int, chunk_rows: int = 4096):
+    """MinHash signatures (rows × num_perm, uint32) of byte-string sets, computed in bulk with numpy.
+
+    Bit for bit what datasketch's MinHash(num_perm, seed, hashfunc=xxh32) gives after update_batch (the
+    "affine32" scheme: MurmurHash3 finalizer, then a·h + b mod 2^32 per permutation), without building a
+    Python object per row.
+    """
+    import numpy as np
+    import xxhash
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+    a, b = a.astype(np.uint32), b.astype(np.uint32)
+    h32 = xxhash.xxh32_intdigest
+    out: list = []
+    rows = iter(sets)
+    while True:
+        block = [row for _, row in zip(range(chunk_rows), rows, strict=False)]
+        if not block:
+            break
+        lengths = np.fromiter((len(r) for r in block), dtype=np.int64, count=len(block))
+        hv = np.fromiter((h32(x) for r in block for x in r), dtype=np.uint32, count=int(lengths.sum()))
+        hv ^= hv >> np.uint32(16)
+        hv *= np.uint32(0x85EBCA6B)
+        hv ^= hv >> np.uint32(13)
+        hv *= np.uint32(0xC2B2AE35)
+        hv ^= hv >> np.uint32(16)
+        permuted = hv[:, None] * a[None, :] + b[None, :]
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        out.append(np.minimum.reduceat(permuted, starts, axis=0))
+    return np.concatenate(out) if out else np.zeros((0, num_perm), dtype=np.uint32)
+
+
 def near_duplicates(
     keys: list[str], ngram: int, threshold: float, num_perm: int, seed: int = 1
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
 
-    MinHash over character n-grams finds candidates with LSH (datasketch); each candidate is confirmed
-    with the exact Jaccard of the two n-gram sets, so the LSH's false positives drop nothing. A record is
-    compared with earlier kept records only, so the first of each group stays.
+    MinHash over character n-grams finds candidates with datasketch's MinHashLSH; each candidate is
+    confirmed with the exact Jaccard of the two n-gram sets, so the LSH's false positives drop nothing. A
+    record is compared with earlier kept records only, so the first of each group stays.
     """
-    import xxhash
     from datasketch import MinHash, MinHashLSH
 
+    signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    # One MinHash carries each row's signature into the LSH (which keeps band hashes, not the object).
+    carrier = MinHash(num_perm=num_perm, seed=seed)
     dups: dict[int, tuple[int, float]] = {}
-    # n-gram sets are rebuilt when needed rather than kept: at 1M rows they would cost gigabytes
-    minhashes = MinHash.generator(
-        (shingles(k, ngram) for k in keys), num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest
-    )
-    for i, mh in enumerate(minhashes):
+    for i in range(len(keys)):
+        carrier.hashvalues = signatures[i]
         best: tuple[int, float] | None = None
-        candidates = lsh.query(mh)
+        candidates = lsh.query(carrier)
         if candidates:
+            # n-gram sets are rebuilt when needed rather than kept: at 1M rows they would cost gigabytes
             mine = shingles(keys[i], ngram)
             for j in candidates:
                 theirs = shingles(keys[j], ngram)
@@ -379,7 +418,7 @@ def near_duplicates(
         if best is not None:
             dups[i] = best
         else:
-            lsh.insert(i, mh, check_duplication=False)
+            lsh.insert(i, carrier, check_duplication=False)
     return dups
 
 
