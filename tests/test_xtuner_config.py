@@ -106,7 +106,9 @@ def test_full_zero3_profile_has_no_lora_and_asks_for_deepspeed(tmp_path):
 
 def test_overrides_reach_the_config(tmp_path):
     cfg = load(
-        render(tmp_path, "internlm2-chat-7b-qlora", {"lr": 1e-4, "max_epochs": 1, "lora": {"r": 16}, "seed": 7})
+        render(
+            tmp_path, "internlm2-chat-7b-qlora", {"lr": 1e-4, "max_epochs": 1, "lora": {"r": 16}, "seed": 7}
+        )
     )
     assert cfg.lr == 1e-4 and cfg.max_epochs == 1
     assert cfg.model.lora.r == 16 and cfg.model.lora.lora_alpha == 16  # the rest of lora is kept
@@ -141,7 +143,9 @@ def test_unknown_profile_is_named():
 def test_render_config_cli(tmp_path):
     out = tmp_path / "cfg.py"
     result = run_cmd(
-        ["zhufu", "render-config", "--profile", "qwen2.5-7b-instruct-qlora", "-o", str(out)], cwd=ROOT, timeout=120
+        ["zhufu", "render-config", "--profile", "qwen2.5-7b-instruct-qlora", "-o", str(out)],
+        cwd=ROOT,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "PROMPT_TEMPLATE.qwen_chat" in out.read_text(encoding="utf-8")

@@ -39,17 +39,25 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+# LoRA leaves the embeddings (tied to the output layer) and the final norm frozen, so the logits can only be
+# as large as the random embeddings allow: with transformers' default std of 0.02 they stay within about
+# ±1.5 and the loss cannot fall far below ln(vocabulary). A wider initialisation lets LoRA learn.
+INIT_RANGE = 0.2
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-def check_model_dir(path: str | os.PathLike, what: str = "model directory") -> Path:
+def check_model_dir(
+    path: str | os.PathLike,
+    what: str = "model directory",
+    hint: str = "set model.path to a local Hugging Face model directory",
+) -> Path:
     """Raise ModelError naming `path` unless it looks like a loadable HF model directory."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelError(f"{what} {p} does not exist; set model.path to a local Hugging Face model directory")
+        raise ModelError(f"{what} {p} does not exist; {hint}")
     if not p.is_dir():
-        raise ModelError(f"{what} {p} is not a directory; set model.path to a Hugging Face model directory")
+        raise ModelError(f"{what} {p} is not a directory; {hint}")
     if not os.access(p, os.R_OK | os.X_OK):
         raise ModelError(f"{what} {p} is not readable by this user; fix its permissions")
     config = p / "config.json"
@@ -140,6 +148,7 @@ def build_tiny_model(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
+        initializer_range=INIT_RANGE,
         bos_token_id=pad,
         eos_token_id=eos,
         pad_token_id=pad,
@@ -186,7 +195,9 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def link_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Make `out_dir` a directory of links to every entry of `model_dir`, plus a record of the origin."""
-    src = check_model_dir(model_dir).resolve()
+    src = check_model_dir(
+        model_dir, "model.path" if record.get("source") == "path" else "model directory"
+    ).resolve()
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

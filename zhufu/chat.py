@@ -39,7 +39,9 @@ def load_chat_model(path: str | os.PathLike, adapter: str | os.PathLike | None =
     """Load a model directory (and optionally a LoRA adapter on top) for generation."""
     from zhufu.base_model import check_model_dir
 
-    check_model_dir(path, "model directory")
+    check_model_dir(
+        path, "model directory", "pass a model directory, e.g. results/model/merged (make run writes it)"
+    )
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelError(
             f"adapter {adapter} has no adapter_config.json; pass the output of `zhufu pth-to-hf`"

@@ -139,11 +139,13 @@ def run_tool(
     nproc_per_node: int = 1,
     log_path: str | os.PathLike | None = None,
     threads: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     """Run an XTuner tool module in a child process and return its exit code."""
     gpus = cuda_device_count()
     device = "cuda" if gpus else "cpu"
     env = tool_env(hf_home, device)
+    env.update(extra_env or {})
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if nproc_per_node > 1:
@@ -322,6 +324,12 @@ def train(
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"zhufu: resuming from {ckpt}\n")
         args += ["--resume", str(ckpt)]
+        # XTuner 0.2.0 and mmengine 0.10.6 call torch.load() without weights_only, which torch >= 2.6 makes
+        # True; their checkpoints hold mmengine objects (the message hub), so resuming fails. The checkpoint
+        # is this run's own (the fingerprint matched), so load it as XTuner was written to.
+        extra_env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    else:
+        extra_env = {}
     args += extra_args or []
     rc = run_tool(
         TRAIN,
@@ -330,6 +338,7 @@ def train(
         nproc_per_node=nproc_per_node,
         log_path=log_path,
         threads=threads,
+        extra_env=extra_env,
     )
     if rc != 0:
         log.error("xtuner.tools.train exited with %d", rc)
@@ -427,7 +436,7 @@ def merge_model(
     """
     from zhufu.base_model import check_model_dir
 
-    check_model_dir(base, "base model")
+    check_model_dir(base, "base model", "run the base_model rule first, or pass the base model's directory")
     adapter = Path(adapter)
     out, tmp = _into_fresh_dir(out_dir)
     if not (adapter / "adapter_config.json").is_file():
@@ -473,31 +482,27 @@ def add_train_arguments(parser) -> None:
         "config", nargs="?", default="results/train/xtuner_config.py", help="rendered XTuner config"
     )
     parser.add_argument("--work-dir", default="results/train/work_dir", help="checkpoints and logs")
-    parser.add_argument("--deepspeed", help="deepspeed_zero1/2/3 or a JSON file (default: the profile's)")
-    parser.add_argument("--nproc-per-node", type=int, help="processes per node (default: the profile's)")
+    parser.add_argument("--deepspeed", help="deepspeed_zero1/2/3(_offload) or a JSON file (GPU only)")
     parser.add_argument(
-        "--profile-config", dest="zhufu_config", help="Zhufu config for the profile's defaults"
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="processes (GPUs) per node; >1 uses torch.distributed.run",
     )
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (OMP_NUM_THREADS)")
     parser.add_argument(
-        "--no-resume", action="store_true", help="start over (the old checkpoints are moved aside)"
+        "--no-resume", action="store_true", help="start over (old checkpoints are moved aside)"
     )
 
 
 def run_train(args) -> int:
-    deepspeed, nproc = args.deepspeed, args.nproc_per_node
-    if deepspeed is None or nproc is None:
-        from zhufu.config import load_config
-        from zhufu.xtuner_config import training_settings
-
-        profile = training_settings(load_config(args.zhufu_config))
-        deepspeed = deepspeed if deepspeed is not None else profile["deepspeed"]
-        nproc = nproc if nproc is not None else profile["nproc_per_node"]
     return train(
         args.config,
         args.work_dir,
-        deepspeed=deepspeed or None,
-        nproc_per_node=nproc,
+        deepspeed=args.deepspeed,
+        nproc_per_node=args.nproc_per_node,
         resume=not args.no_resume,
+        threads=args.threads,
     )
 
 

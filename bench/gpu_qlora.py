@@ -1,0 +1,211 @@
+"""QLoRA throughput and peak GPU memory of the internlm2-chat-7b-qlora profile, without downloading a model.
+
+The seed says "24 GB is enough" for QLoRA on internlm2-chat-7b. This builds a model of the real 7B shape
+with random weights (InternLM2-chat-7B's dimensions: 32 layers, hidden 4096, 32 heads / 8 KV heads,
+intermediate 14336, vocabulary 92544; as a Llama architecture, which InternLM2 is apart from its fused
+wqkv, because InternLM2's modelling code comes from the Hub), renders the profile unchanged except for
+the iteration count, trains a few iterations through Zhufu's launcher (real XTuner, nf4 double quantisation,
+LoRA r64, fp16 AmpOptimWrapper, max_length 2048 packed, batch 1), and prints tokens/s and the peak GPU memory.
+
+    python bench/gpu_qlora.py [--iters 32] [--workdir /tmp/zhufu-gpu-bench]
+
+Weights are random, so the loss means nothing; the speed and memory are those of the real shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+INTERNLM2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=92544,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+
+
+def preflight() -> str:
+    """Fail early, with the reason, when this machine can't run bitsandbytes' 4-bit kernels."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu_qlora: no CUDA device is visible; this benchmark needs one GPU")
+    name = torch.cuda.get_device_name(0)
+    try:
+        import bitsandbytes as bnb
+
+        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float16, quant_type="nf4").cuda()
+        layer(torch.randn(2, 64, device="cuda", dtype=torch.float16)).sum().item()
+    except Exception as e:  # report whatever bitsandbytes raises: it is the finding
+        sys.exit(
+            f"gpu_qlora: bitsandbytes cannot run nf4 on {name} with torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}): {type(e).__name__}: {e}\n"
+            "bitsandbytes 0.45.0 (XTuner's pin) ships CUDA 11.7-12.6 binaries only; a CUDA 13 torch needs a "
+            "bitsandbytes with CUDA 13 binaries, or the CUDA 12 runtime libraries and BNB_CUDA_VERSION."
+        )
+    return name
+
+
+def build_model(out: Path, data: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zhufu.base_model import build_tokenizer
+
+    if (out / "config.json").is_file():
+        return
+    texts = [r["conversation"][0]["output"] for r in json.loads(data.read_text(encoding="utf-8"))]
+    tokenizer = build_tokenizer(texts, 1024)
+    config = LlamaConfig(
+        **INTERNLM2_7B,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float16",
+    )
+    torch.manual_seed(0)
+    t0 = time.time()
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).half()
+    print(
+        f"built a {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B-parameter model in {time.time() - t0:.0f} s"
+    )
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
+    tokenizer.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+
+
+def write_data(path: Path, records: int) -> None:
+    from zhufu.profiles import TIANJI_SYSTEM
+
+    rng = random.Random(0)
+    recipients = ["姐姐", "妹妹", "领导", "同事", "爷爷", "奶奶", "赵老师", "邻居赵大妈"]
+    scenes = ["生日", "春节", "中秋节", "谈判顺利", "工作升职", "乔迁新居"]
+    phrases = [
+        "愿你所求皆如愿",
+        "所行皆坦途",
+        "岁岁常欢愉",
+        "万事皆胜意",
+        "前程似锦",
+        "身体健康",
+        "阖家幸福",
+        "✨",
+        "🌷",
+    ]
+    rows = []
+    for _ in range(records):
+        r, s = rng.choice(recipients), rng.choice(scenes)
+        out = "，".join(rng.sample(phrases, 5)) * rng.randint(2, 6)
+        rows.append(
+            {"conversation": [{"system": TIANJI_SYSTEM, "input": f"祝{r}{s}，小红书风格", "output": out}]}
+        )
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+
+
+class GpuMemorySampler(threading.Thread):
+    """Peak memory used on GPU 0 as nvidia-smi sees it (allocator cache and CUDA context included)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_mib = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                self.peak_mib = max(self.peak_mib, int(out.strip().splitlines()[0]))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--iters", type=int, default=32, help="training iterations (micro-batches of 2048 tokens)"
+    )
+    parser.add_argument("--workdir", default="/tmp/zhufu-gpu-bench")
+    parser.add_argument("--profile", default="internlm2-chat-7b-qlora")
+    args = parser.parse_args()
+
+    from zhufu.launcher import train
+    from zhufu.profiles import resolve_profile
+    from zhufu.xtuner_config import write_config
+
+    gpu = preflight()
+    wd = Path(args.workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    data = wd / "train.json"
+    write_data(data, records=max(400, args.iters * 40))
+    model = wd / "model-7b-random"
+    build_model(model, data)
+    profile = resolve_profile(args.profile)
+    overrides = {
+        "max_iters": args.iters,
+        "save_steps": 10**6,
+        "evaluation_freq": 10**6,
+        "evaluation_max_new_tokens": 8,
+        "log_interval": 1,
+    }
+    config = write_config(
+        wd / "xtuner_config.py", profile=args.profile, overrides=overrides, model_path=model, data_path=data
+    )
+    log = wd / "train.log"
+    log.unlink(missing_ok=True)
+    sampler = GpuMemorySampler()
+    sampler.start()
+    t0 = time.time()
+    rc = train(config, wd / "work_dir", log_path=log, resume=False)
+    wall = time.time() - t0
+    sampler.stop.set()
+    text = log.read_text(encoding="utf-8", errors="replace")
+    if rc != 0:
+        print(text[-6000:])
+        print(f"gpu_qlora: training failed (exit {rc}); the log is {log}")
+        return rc
+    times = [float(t) for t in re.findall(r"Iter\(train\) \[\s*\d+/\d+\].*?\btime: ([\d.]+)", text)]
+    memory = [int(m) for m in re.findall(r"Iter\(train\).*?memory: (\d+)", text)]
+    if not times:
+        print(f"gpu_qlora: no iteration was logged; see {log}")
+        return 1
+    steady = times[len(times) // 4 :]
+    seconds = statistics.median(steady)
+    tokens = profile["batch_size"] * profile["max_length"]  # packed to max_length
+    print(f"device: {gpu}")
+    print(
+        f"profile: {args.profile} (nf4 + LoRA r{profile['lora']['r']}, {profile['max_length']} tokens per micro-batch)"
+    )
+    print(f"iterations: {len(times)}; median seconds per iteration (last 3/4): {seconds:.3f}")
+    print(f"tokens/s: {tokens / seconds:.0f}")
+    print(f"peak GPU memory, torch max allocated (mmengine): {max(memory) if memory else 'n/a'} MiB")
+    print(f"peak GPU memory, nvidia-smi: {sampler.peak_mib} MiB  (the seed: '24 GB is enough' = 24576 MiB)")
+    print(f"wall time of the training run (model load and data included): {wall:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
