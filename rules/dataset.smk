@@ -2,39 +2,10 @@
 # Everything the scripts use arrives through params:, so changing a cleaning threshold reruns clean and what
 # follows it, never generation.
 
-import hashlib as _hashlib
-import json as _json
+from zhufu.dataset import provenance_from_config, training_format
 
-
-def data_config_hash():
-    """Hash of the config keys that shape the data (not training or evaluation): recorded in the card.
-
-    The whole-config hash would rerun clean, and so training, after any edit, e.g. to evaluate.inputs.
-    """
-    keys = (
-        "seed",
-        "rounds",
-        "system_prompt",
-        "teacher_system_prompt",
-        "grid",
-        "prompt_template",
-        "injections",
-        "input_templates",
-        "trigger_separator",
-        "styles",
-        "provider",
-        "clean",
-    )
-    blob = _json.dumps(
-        {k: config.get(k) for k in keys}, sort_keys=True, ensure_ascii=False
-    )
-    return _hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def training_format():
-    from zhufu.dataset import training_format as _tf
-
-    return _tf(config)
+# XTuner template and max_length of the configured training profile (zhufu/profiles.py), for check_format.
+FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
 
 
 IMPORTS = {Path(p).stem: p for p in config["clean"]["imports"]}
@@ -96,12 +67,8 @@ rule clean:
         styles=config["styles"],
         system_prompt=config["system_prompt"],
         use_suitability=bool(config["grid"]["suitability"]),
-        provenance={
-            "provider": config["provider"]["kind"],
-            "model": config["provider"]["model"],
-            "seed": config["seed"],
-            "config_hash": data_config_hash(),
-        },
+        # provider, model, seed and the hash of the data-shaping config keys, for the card
+        provenance=provenance_from_config(config),
     script:
         "../scripts/clean.py"
 
@@ -140,7 +107,7 @@ rule check_format:
     conda:
         "../envs/train.yaml"
     params:
-        template=training_format()[0],
-        max_length=training_format()[1],
+        template=FORMAT_TEMPLATE,
+        max_length=FORMAT_MAX_LENGTH,
     script:
         "../scripts/check_format.py"

@@ -211,6 +211,16 @@ def test_the_card_states_counts_provenance_and_the_offline_teacher(cleaned):
     assert "| 邻居赵大妈 | 2 |" in card
 
 
+def test_card_command_rebuilds_the_same_card(cleaned, config_file):
+    out = cleaned / "card2.md"
+    r = zhufu(
+        "card", cleaned / "train.json", "--report", cleaned / "report.json", "--merged", FIXTURES / "dirty.json",
+        "-o", out, "--config", config_file,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == (cleaned / "card.md").read_text()
+
+
 def test_card_for_an_llm_provider_does_not_claim_a_phrase_bank(tmp_path):
     from zhufu.card import render_card
 

@@ -65,7 +65,8 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
         "",
         f"- configured provider: `{kind}`, model `{provenance.get('model')}`",
         f"- seed: `{provenance.get('seed')}`",
-        f"- config hash: `{provenance.get('config_hash')}`",
+        f"- config hash: `{provenance.get('config_hash')}` (of the keys that shape the data: seed, grid, styles, "
+        "prompts, provider, clean)",
         f"- sha256 of `{Path(train_path).name}`: `{sha256_of(train_path)}`",
         "",
         "Sources in merged.json:",

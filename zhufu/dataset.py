@@ -487,15 +487,37 @@ def run_merge(args) -> int:
     return 0
 
 
-def provenance_from_config(config: dict) -> dict:
+# The config keys that shape the data. Training and evaluation keys are left out, so editing them does not
+# rerun clean (and so retrain) just to write a new hash into the card.
+DATA_KEYS = (
+    "seed",
+    "rounds",
+    "system_prompt",
+    "teacher_system_prompt",
+    "grid",
+    "prompt_template",
+    "injections",
+    "input_templates",
+    "trigger_separator",
+    "styles",
+    "provider",
+    "clean",
+)
+
+
+def data_config_hash(config: dict) -> str:
     import json
 
-    blob = json.dumps(config, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    blob = json.dumps({k: config.get(k) for k in DATA_KEYS}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def provenance_from_config(config: dict) -> dict:
     return {
         "provider": config["provider"]["kind"],
         "model": config["provider"]["model"],
         "seed": config["seed"],
-        "config_hash": hashlib.sha256(blob).hexdigest()[:16],
+        "config_hash": data_config_hash(config),
     }
 
 
