@@ -1,3 +1,4 @@
+# ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
 import sys
 from pathlib import Path
 
