@@ -377,3 +377,18 @@ def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
         m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
         m.update_batch(list(grams))
         assert (row == m.hashvalues).all()
+
+
+def test_rules_across_processes_give_the_same_verdicts_as_one_process():
+    import json
+
+    from conftest import ROOT
+
+    from zhufu.cleaning import record_verdicts
+
+    records = json.loads((ROOT / "tests" / "fixtures" / "dirty.json").read_text())
+    items = [(r["conversation"][0]["output"], r["meta"]) for r in records] * 50
+    one = record_verdicts(items, RULES, STYLES, {("爷爷", "谈判顺利"): False}, workers=1)
+    two = record_verdicts(items, RULES, STYLES, {("爷爷", "谈判顺利"): False}, workers=2)
+    assert one == two
+    assert sum(1 for v in one if v.dropped) > 0 and sum(1 for v in one if v.changes) > 0

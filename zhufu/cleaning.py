@@ -107,12 +107,15 @@ def rule_meta_answer(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str 
     """Strip a preamble (好的，以下是…：) when a blessing follows it; drop when nothing does."""
     regexes = ctx.regexes("meta_answer", cfg["patterns"])
     out = text.strip()
-    stripped = False
-    while True:
-        m = next((m for rx in regexes if (m := rx.match(out)) and m.end() > 0), None)
-        if m is None:
-            break
-        out, stripped = out[m.end() :].strip(), True
+    stripped = True
+    while stripped:
+        stripped = False
+        for rx in regexes:
+            m = rx.match(out)
+            if m and m.end():
+                out, stripped = out[m.end() :].strip(), True
+                break
+    stripped = out != text.strip()
     if stripped and not any(ch.isalnum() for ch in out):
         return Drop("a preamble with no blessing after it")
     for rx in ctx.regexes("meta_answer_only", cfg["only_patterns"]):
@@ -160,7 +163,9 @@ def rule_leading_punctuation(text: str, meta: dict, cfg: dict, ctx: RuleContext)
 
 
 def rule_list_items(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
-    markers = sum(len(rx.findall(text)) for rx in ctx.regexes("list_items", cfg["marker_patterns"]))
+    markers = 0
+    for rx in ctx.regexes("list_items", cfg["marker_patterns"]):
+        markers += len(rx.findall(text))
     if markers >= cfg["min_markers"]:
         return Drop(f"a list of {markers} items, not one blessing")
     for rx in ctx.regexes("list_items_alt", cfg["alternative_patterns"]):
@@ -309,29 +314,32 @@ def _plan(rules_cfg: dict, ctx: RuleContext) -> tuple[list, list, list]:
 def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
     before_repairs, repairs, after_repairs = _plan(rules_cfg, ctx)
     changes: list[tuple[str, str, str]] = []
-
-    def run(steps: list) -> tuple[str, str] | None:
-        nonlocal text
-        for name, fn, cfg in steps:
+    for name, fn, cfg in before_repairs:
+        result = fn(text, meta, cfg, ctx)
+        if result.__class__ is Drop:
+            return Verdict(text, changes, (name, result.detail))
+        if result is not text and result != text:
+            changes.append((name, text, result))
+            text = result
+    for _ in range(4):
+        start = text
+        for name, fn, cfg in repairs:
             result = fn(text, meta, cfg, ctx)
             if result.__class__ is Drop:
-                return name, result.detail
+                return Verdict(text, changes, (name, result.detail))
             if result is not text and result != text:
                 changes.append((name, text, result))
                 text = result
-        return None
-
-    dropped = run(before_repairs)
-    for _ in range(4):
-        if dropped:
-            break
-        start = text
-        dropped = run(repairs)
         if text == start:
             break
-    if not dropped:
-        dropped = run(after_repairs)
-    return Verdict(text, changes, dropped)
+    for name, fn, cfg in after_repairs:
+        result = fn(text, meta, cfg, ctx)
+        if result.__class__ is Drop:
+            return Verdict(text, changes, (name, result.detail))
+        if result is not text and result != text:
+            changes.append((name, text, result))
+            text = result
+    return Verdict(text, changes)
 
 
 def shingles(key: str, n: int) -> set[bytes]:
@@ -427,9 +435,14 @@ def _init_worker(rules_cfg: dict, styles: dict, matrix: dict | None) -> None:
     _WORKER["args"] = (rules_cfg, RuleContext(styles=styles, matrix=matrix))
 
 
-def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[Verdict]:
+def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[tuple | None]:
+    """Verdicts in a compact form for the trip back: None when the rules neither changed nor dropped."""
     rules_cfg, ctx = _WORKER["args"]
-    return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
+    out: list[tuple | None] = []
+    for text, meta in items:
+        v = apply_record_rules(text, meta, rules_cfg, ctx)
+        out.append((v.text, v.changes, v.dropped) if v.changes or v.dropped else None)
+    return out
 
 
 def record_verdicts(
@@ -443,14 +456,14 @@ def record_verdicts(
     import os
 
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 20_000 else 1
+        workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
         return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    size = max(2_000, len(items) // (workers * 4) + 1)
+    size = max(5_000, len(items) // (workers * 2) + 1)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(
         workers,
@@ -458,4 +471,5 @@ def record_verdicts(
         initializer=_init_worker,
         initargs=(rules_cfg, styles, matrix),
     ) as pool:
-        return [v for chunk in pool.map(_verdicts_chunk, chunks) for v in chunk]
+        results = [r for chunk in pool.map(_verdicts_chunk, chunks) for r in chunk]
+    return [Verdict(text) if r is None else Verdict(*r) for (text, _), r in zip(items, results, strict=True)]
