@@ -1,0 +1,262 @@
+"""The workflow submitted to a real SLURM cluster (the one-node cluster of tests/slurm/start_cluster.sh).
+
+The embedded default workflow runs with `--executor slurm` and the project's test profile in a copy of the
+project. Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
+COMPLETED; the train job was given a GPU (`AllocTRES` has gres/gpu); the data stages' files are byte for
+byte those of a local run; the shipped cluster profile asks for N GPUs on one node for the 8-GPU fine-tune;
+and a failing job makes snakemake exit non-zero promptly instead of hanging.
+
+Every snakemake runs under `timeout -s KILL`: a hung status loop ignores SIGTERM.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import BIN, ROOT, copy_project
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+ACCOUNT = os.environ.get("ZHUFU_SLURM_ACCOUNT", "zhufu")
+# Data-stage files that must be identical between a SLURM run and a local run.
+DATA_FILES = [
+    "results/data/merged.json",
+    "results/data/train.json",
+    "results/data/clean_report.json",
+    "results/data/dataset_card.md",
+]
+SACCT_FORMAT = "JobID,Comment%45,State,ExitCode,Elapsed,AllocTRES%48"
+
+
+def _cluster_problem() -> str | None:
+    """Why the local cluster can't be used, or None when it is up with accounting and our account."""
+    if not shutil.which("sinfo"):
+        return "no SLURM client tools; start the test cluster with tests/slurm/start_cluster.sh (as root)"
+    checks = [
+        (["scontrol", "ping"], "slurmctld does not answer `scontrol ping`"),
+        (["sinfo", "-h", "-o", "%T"], "sinfo fails"),
+        (["sacct", "-n", "-X", "-S", "now-1minutes"], "sacct fails (is slurmdbd running?)"),
+        (["sacctmgr", "-n", "-P", "list", "assoc", f"account={ACCOUNT}", "format=user"], "sacctmgr fails"),
+    ]
+    for cmd, why in checks:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{why} ({e}); run tests/slurm/start_cluster.sh"
+        if out.returncode != 0 or "DOWN" in out.stdout:
+            return f"{why}: {(out.stderr or out.stdout).strip()[:200]}; run tests/slurm/start_cluster.sh"
+        if cmd[0] == "sinfo" and not re.search(r"idle|mixed|alloc", out.stdout):
+            return f"the test node is not up ({out.stdout.strip()}); run tests/slurm/start_cluster.sh"
+        if cmd[0] == "sacctmgr" and not out.stdout.strip():
+            return f"SLURM account {ACCOUNT!r} has no users; run tests/slurm/start_cluster.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(f"no local SLURM cluster: {problem}")
+
+
+def snakemake(cwd: Path, *args: str, limit_s: int) -> tuple[subprocess.CompletedProcess, float]:
+    """Run snakemake in `cwd` under `timeout -s KILL limit_s`; returns the result and the wall time."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    start = time.monotonic()
+    result = subprocess.run(
+        ["timeout", "-s", "KILL", str(limit_s), str(BIN / "snakemake"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return result, time.monotonic() - start
+
+
+def slurm_run(cwd: Path, *args: str, limit_s: int):
+    return snakemake(cwd, "--workflow-profile", "profiles/slurm-test", *args, limit_s=limit_s)
+
+
+def submitted_job_ids(output: str) -> list[str]:
+    return re.findall(r"has been submitted with SLURM jobid (\d+)", output)
+
+
+def sacct(job_ids: list[str]) -> list[dict[str, str]]:
+    fields = ["JobID", "Comment", "State", "ExitCode", "Elapsed", "AllocTRES"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), f"--format={','.join(fields)}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return [dict(zip(fields, line.split("|"), strict=True)) for line in out.stdout.splitlines() if line]
+
+
+def sacct_table(job_ids: list[str]) -> str:
+    out = subprocess.run(
+        ["sacct", "-X", "-j", ",".join(job_ids), f"--format={SACCT_FORMAT}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout
+
+
+def rule_of(comment: str) -> str:
+    """The rule name in the --comment the SLURM plugin gives a job: rule_<name>[_wildcards_<values>]."""
+    return re.sub(r"_wildcards_.*$", "", comment).removeprefix("rule_")
+
+
+def job_stats(output: str) -> Counter:
+    """Snakemake's 'Job stats' table (rule → count) from a run's output."""
+    table = output.split("Job stats:", 1)[1]
+    counts = Counter()
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def workflow_runs(slurm_cluster, tmp_path_factory):
+    """The default workflow on SLURM, and its data stages locally (at the same time, in another copy)."""
+    base = tmp_path_factory.mktemp("slurm")
+    on_slurm = copy_project(base / "on_slurm")
+    local = copy_project(base / "local")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    local_log = base / "local_run.log"
+    with local_log.open("w") as log:
+        local_proc = subprocess.Popen(
+            ["timeout", "-s", "KILL", "900", str(BIN / "snakemake"), "--cores", "1", *DATA_FILES],
+            cwd=local,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        result, wall = slurm_run(on_slurm, "--jobs", "4", limit_s=1500)
+        local_proc.wait(timeout=1000)
+    local_out = local_log.read_text()
+    output = result.stdout + result.stderr
+    ids = submitted_job_ids(output)
+    print(
+        f"\nSLURM run: rc={result.returncode}, {wall:.0f} s wall, {len(ids)} SLURM jobs\n{sacct_table(ids)}"
+    )
+    (base / "slurm_run.log").write_text(output)
+    assert result.returncode == 0, f"snakemake on SLURM failed (rc {result.returncode}):\n{output[-8000:]}"
+    assert local_proc.returncode == 0, f"local data-stage run failed:\n{local_out[-4000:]}"
+    return {"project": on_slurm, "local": local, "output": output, "job_ids": ids}
+
+
+def test_every_cluster_rule_ran_as_a_completed_slurm_job(workflow_runs):
+    output, ids = workflow_runs["output"], workflow_runs["job_ids"]
+    local_rules = set(re.findall(r"^localrule (\w+):", output, flags=re.M))
+    expected = Counter({r: n for r, n in job_stats(output).items() if r not in local_rules})
+    assert expected["generate"] == 6 and expected["train"] == 1, expected
+    jobs = sacct(ids)
+    assert len(jobs) == len(ids)
+    not_completed = [j for j in jobs if j["State"] != "COMPLETED"]
+    assert not not_completed, not_completed
+    assert Counter(rule_of(j["Comment"]) for j in jobs) == expected
+
+
+def test_train_job_was_given_a_gpu(workflow_runs):
+    train = [j for j in sacct(workflow_runs["job_ids"]) if rule_of(j["Comment"]) == "train"]
+    assert len(train) == 1
+    assert "gres/gpu=1" in train[0]["AllocTRES"], train[0]
+    # ...and trained on CPU all the same: CUDA_VISIBLE_DEVICES names a device that isn't there.
+    assert (workflow_runs["project"] / "results/train/work_dir/last_checkpoint").is_file()
+    assert (workflow_runs["project"] / "results/eval/metrics.json").is_file()
+
+
+def test_data_stages_are_identical_to_a_local_run(workflow_runs):
+    project, local = workflow_runs["project"], workflow_runs["local"]
+    shards = sorted(p.relative_to(local).as_posix() for p in (local / "results/raw").rglob("*.json"))
+    assert len(shards) == 6
+    assert shards == sorted(
+        p.relative_to(project).as_posix() for p in (project / "results/raw").rglob("*.json")
+    )
+    different = [f for f in shards + DATA_FILES if (project / f).read_bytes() != (local / f).read_bytes()]
+    assert not different
+
+
+def test_full_finetune_profile_asks_for_n_gpus_on_one_node(workflow_runs):
+    """profiles/slurm, with only its marked keys edited, for the 8-GPU ZeRO-3 profile: the sbatch call.
+
+    The test node has 2 fake GPUs and too little memory, so SLURM refuses the job; the plugin prints the
+    call it made, which is what a real GPU node would receive.
+    """
+    project = workflow_runs["project"]
+    site = project / "profiles/site-slurm"
+    site.mkdir()
+    text = (ROOT / "profiles/slurm/config.yaml").read_text()
+    assert "CHANGE-ME-account" in text and "CHANGE-ME-gpu" in text
+    for placeholder, value in [
+        ("CHANGE-ME-account", ACCOUNT),
+        ("CHANGE-ME-cpu", "cpu"),
+        ("CHANGE-ME-gpu", "gpu"),
+    ]:
+        text = text.replace(placeholder, value)
+    (site / "config.yaml").write_text(text)
+    result, wall = snakemake(
+        project,
+        *("--workflow-profile", "profiles/site-slurm", "--retries", "0", "--verbose"),
+        *("--config", 'train={"profile": "internlm2-chat-7b-full-zero3"}'),
+        *("--rerun-triggers", "mtime", "--forcerun", "train", "--until", "train"),
+        limit_s=300,
+    )
+    output = result.stdout + result.stderr
+    calls = re.findall(r"^sbatch call: (sbatch .*?) --wrap=", output, flags=re.M)
+    print(f"\nrendered in {wall:.0f} s:\n{calls[0] if calls else output[-3000:]}")
+    assert calls, output[-4000:]
+    call = calls[0]
+    assert "--comment rule_train" in call
+    for flag in [
+        "--gpus=8",
+        "--nodes=1",
+        "--cpus-per-gpu=8",
+        f"-A {ACCOUNT}",
+        "-p gpu",
+        "--mem 400000",
+        "-t 1440",
+    ]:
+        assert f" {flag} " in f" {call} ", (flag, call)
+    assert result.returncode != 0  # refused by the small test node, reported as a failed job
+
+
+def test_a_failing_job_stops_the_run_promptly(slurm_cluster, tmp_path):
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n"
+        '    input: "after.txt"\n'
+        "rule boom:\n"
+        '    output: "boom.txt"\n'
+        '    log: "logs/boom.log"\n'
+        '    shell: "echo zhufu-boom-marker >&2; exit 3"\n'
+        "rule after:\n"
+        '    input: "boom.txt"\n'
+        '    output: "after.txt"\n'
+        '    shell: "touch {output}"\n'
+    )
+    profile = tmp_path / "profiles/slurm-test"
+    profile.mkdir(parents=True)
+    shutil.copy(ROOT / "profiles/slurm-test/config.yaml", profile / "config.yaml")
+    result, wall = slurm_run(tmp_path, limit_s=300)
+    output = result.stdout + result.stderr
+    print(f"\nfailing run: rc={result.returncode} after {wall:.0f} s")
+    assert result.returncode not in (0, -9, 137), output[-4000:]  # failed, and not killed by the timeout
+    assert wall < 180, f"a failed job took {wall:.0f} s to end the run"
+    assert "Error in rule boom" in output
+    ids = submitted_job_ids(output)
+    assert len(ids) == 1
+    [job] = sacct(ids)
+    assert job["State"] == "FAILED" and job["ExitCode"] != "0:0", job
+    slurm_logs = list((tmp_path / "logs/slurm/rule_boom").glob(f"{ids[0]}.log"))
+    assert slurm_logs and "zhufu-boom-marker" in slurm_logs[0].read_text()
+    assert not (tmp_path / "after.txt").exists()
