@@ -15,7 +15,7 @@ rule pth_to_hf:
     resources:
         mem_mb=TRAIN["mem_mb"],
     params:
-        work_dir=WORK_DIR,
+        work_dir=lambda wc, input: os.path.dirname(input.last),
     script:
         "../scripts/pth_to_hf.py"
 

@@ -4,6 +4,8 @@
 # checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
 # work_dir/last_checkpoint, which names the final one and which XTuner writes last.
 
+import os  # noqa: E402
+
 from zhufu.xtuner_config import training_settings  # noqa: E402
 
 try:
@@ -20,7 +22,9 @@ def _maybe_protected(path):
 
 rule base_model:
     input:
-        train=lambda wc: rules.clean.output.train if config["model"]["source"] == "tiny" else [],
+        train=lambda wc: (
+            rules.clean.output.train if config["model"]["source"] == "tiny" else []
+        ),
         code=pkg("base_model"),
     output:
         dir=directory("results/base_model"),
@@ -77,7 +81,7 @@ rule train:
         runtime=TRAIN["runtime_min"],
         cpus_per_gpu=lambda wc, threads: max(1, threads // TRAIN["nproc_per_node"]),
     params:
-        work_dir=WORK_DIR,
+        work_dir=lambda wc, output: os.path.dirname(output.last),
         deepspeed=TRAIN["deepspeed"],
         nproc_per_node=TRAIN["nproc_per_node"],
     script:

@@ -1,0 +1,72 @@
+"""`zhufu chat`: one-shot and interactive modes, on the tiny model (trained or not, the CLI behaves the same)."""
+
+import json
+
+import pytest
+from conftest import BIN, run_cmd
+
+from zhufu.base_model import build_tiny_model
+from zhufu.chat import build_prompt
+from zhufu.profiles import TIANJI_SYSTEM
+
+ZHUFU = str(BIN / "zhufu")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    rows = [
+        {
+            "conversation": [
+                {"system": TIANJI_SYSTEM, "input": f"祝{r}生日快乐，小红书风格", "output": f"{r}生日快乐呀✨"}
+            ]
+        }
+        for r in ("姐姐", "妹妹", "弟弟", "爷爷", "奶奶", "领导")
+    ]
+    (root / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return build_tiny_model(root / "train.json", root / "model", vocab_size=400, seed=3)
+
+
+def test_one_shot_prints_one_answer(model, tmp_path):
+    result = run_cmd(
+        [ZHUFU, "chat", str(model), "祝妹妹谈判顺利，小红书风格", "--max-new-tokens", "8"], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.strip().splitlines()) <= 1
+
+
+def test_interactive_mode_answers_each_line_afresh(model, tmp_path):
+    """No history by default: the same request twice gets the same (greedy) answer, no RESET needed."""
+    ask = "祝姐姐生日快乐，小红书风格\n"
+    result = run_cmd(
+        [ZHUFU, "chat", str(model), "--max-new-tokens", "8"], cwd=tmp_path, input=ask * 3, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = result.stdout.split("\n")[:3]
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_history_mode_sends_the_conversation(model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    history = [{"role": "user", "content": "第一句"}, {"role": "assistant", "content": "回答一"}]
+    prompt = build_prompt(
+        tok, [{"role": "system", "content": "S"}, *history, {"role": "user", "content": "第二句"}]
+    )
+    assert prompt.index("第一句") < prompt.index("回答一") < prompt.index("第二句")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    result = run_cmd([ZHUFU, "chat", str(tmp_path / "nope"), "祝姐姐生日快乐"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"zhufu chat: error: model directory {tmp_path / 'nope'} does not exist; "
+        "pass a model directory, e.g. results/model/merged (make run writes it)"
+    )
+
+
+def test_adapter_without_adapter_config_is_named(model, tmp_path):
+    result = run_cmd([ZHUFU, "chat", str(model), "x", "--adapter", str(tmp_path)], cwd=tmp_path, timeout=120)
+    assert result.returncode == 1 and "has no adapter_config.json" in result.stderr
