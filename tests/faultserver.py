@@ -3,7 +3,9 @@
 It speaks OpenAI's ``POST /v1/chat/completions`` and ZhipuAI's ``POST /api/paas/v4/chat/completions``
 and injects, at configured rates: 429 with Retry-After, 500, 503, slow responses (longer than the client's
 timeout), dropped connections, empty content and malformed JSON. It counts requests and successful
-answers per unique prompt, so a test can assert that no answer was ever paid for twice.
+answers per unique prompt, so a test can assert that no answer was ever paid for twice. An answer is counted
+as successful when it is written to a connection the client still holds open (a client that gave up on a
+slow answer, or was killed, has closed it: that request is counted as "abandoned").
 
 In-process (tests)::
 
@@ -218,6 +220,8 @@ class FaultServer:
         fault = poisoned or (self.script.pop(0) if self.script else self._draw_fault())
         if fault:
             self.faults[fault] += 1
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)  # a client that timed out has closed the connection by now
         if self._gone(reader, writer):
             self.faults["abandoned"] += 1  # the client went away (killed, timed out): nothing is delivered
             return False
@@ -235,8 +239,6 @@ class FaultServer:
         if fault == "malformed":
             await self._respond(writer, 200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
             return True
-        if fault == "slow":
-            await asyncio.sleep(self.slow_s)  # the client has given up by now; not counted as a success
         content = "" if fault == "empty" else self._answer(prompt_key)
         prompt_tokens = sum(len(m.get("content") or "") for m in request["messages"])
         payload = {
@@ -254,7 +256,7 @@ class FaultServer:
             },
         }
         await self._respond(writer, 200, json.dumps(payload, ensure_ascii=False).encode())
-        if fault is None:
+        if fault in (None, "slow"):  # a slow answer the client still waited for is delivered, and paid
             self.successes += 1
             self.successes_per_prompt[prompt_key] += 1
         return True
