@@ -59,7 +59,10 @@ def _cluster_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
+    """Skips without a cluster; fails instead where ZHUFU_REQUIRE_SLURM=1 (CI, after start_cluster.sh)."""
     problem = _cluster_problem()
+    if problem and os.environ.get("ZHUFU_REQUIRE_SLURM") == "1":
+        pytest.fail(f"ZHUFU_REQUIRE_SLURM=1 but no usable SLURM cluster: {problem}")
     if problem:
         pytest.skip(f"no local SLURM cluster: {problem}")
 
@@ -171,7 +174,8 @@ def test_train_job_was_given_a_gpu(workflow_runs):
     train = [j for j in sacct(workflow_runs["job_ids"]) if rule_of(j["Comment"]) == "train"]
     assert len(train) == 1
     assert "gres/gpu=1" in train[0]["AllocTRES"], train[0]
-    # ...and trained on CPU all the same: CUDA_VISIBLE_DEVICES names a device that isn't there.
+    # ...and trained on CPU all the same: SLURM set CUDA_VISIBLE_DEVICES to a device that isn't there.
+    assert "CUDA_VISIBLE_DEVICES" in (workflow_runs["project"] / "logs/train.log").read_text()
     assert (workflow_runs["project"] / "results/train/work_dir/last_checkpoint").is_file()
     assert (workflow_runs["project"] / "results/eval/metrics.json").is_file()
 
