@@ -237,7 +237,9 @@ def _summary(s: ShardStats, provider: dict, seconds: float) -> str:
     )
 
 
-async def _call_with_retries(state: RunState, messages: list[dict], est_tokens: int, stats: ShardStats):
+async def _call_with_retries(
+    state: RunState, messages: list[dict], est_tokens: int, stats: ShardStats, sample: int = 0
+):
     """The answer, or raise CallError after the last attempt (or at once if retrying cannot help)."""
     from zhufu.limits import backoff_delay
     from zhufu.providers import CallError
@@ -249,7 +251,7 @@ async def _call_with_retries(state: RunState, messages: list[dict], est_tokens: 
         if state.fatal:
             raise CallError("run aborted", retryable=False)
         try:
-            return await state.client.complete(messages)
+            return await state.client.complete(messages, sample=sample)
         except CallError as e:
             if not e.retryable or attempt == attempts:
                 raise
@@ -289,7 +291,9 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
         state.reserved += worst
         stats.requested += 1
         try:
-            answer = await _call_with_retries(state, prompt.messages, est_in + p["max_tokens"], stats)
+            answer = await _call_with_retries(
+                state, prompt.messages, est_in + p["max_tokens"], stats, sample=prompt.cell.round
+            )
         except CallError as e:
             if e.status in FATAL_STATUS and not state.fatal:
                 state.fatal = f"{e.reason} (provider {p['kind']}, model {p['model']})"

@@ -147,12 +147,16 @@ class OpenAIProvider:
         self.client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=provider["timeout_s"]
         )
+        # The offline teacher answers the same request the same way; `seed` (the round, which is also in
+        # the cache key) makes the n-th draw of a prompt a different answer, as sampling does for an LLM.
+        self.seeded = provider["kind"] == "offline"
 
-    async def complete(self, messages: list[dict]) -> Answer:
+    async def complete(self, messages: list[dict], sample: int = 0) -> Answer:
         openai = self._openai
+        extra = {"seed": sample} if self.seeded else {}
         try:
             completion = await self.client.chat.completions.create(
-                model=self.model, messages=messages, **self.params
+                model=self.model, messages=messages, **self.params, **extra
             )
         except openai.APIStatusError as e:
             raise _status_error(e.status_code, e.response.headers, e.response.text) from None
@@ -204,7 +208,7 @@ class ZhipuProvider:
             raise CallError(f"unparsable answer ({type(e).__name__})", retryable=True) from None
         return _answer_from_completion(completion)
 
-    async def complete(self, messages: list[dict]) -> Answer:
+    async def complete(self, messages: list[dict], sample: int = 0) -> Answer:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, messages)
 
     async def aclose(self) -> None:
