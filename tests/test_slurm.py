@@ -49,7 +49,8 @@ def _cluster_problem() -> str | None:
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"{why} ({e}); run tests/slurm/start_cluster.sh"
         if out.returncode != 0 or "DOWN" in out.stdout:
-            return f"{why}: {(out.stderr or out.stdout).strip()[:200]}; run tests/slurm/start_cluster.sh"
+            said = " ".join(re.sub(r"\*+", " ", out.stderr or out.stdout).split())[:200]
+            return f"{why}: {said}; run tests/slurm/start_cluster.sh"
         if cmd[0] == "sinfo" and not re.search(r"idle|mixed|alloc", out.stdout):
             return f"the test node is not up ({out.stdout.strip()}); run tests/slurm/start_cluster.sh"
         if cmd[0] == "sacctmgr" and not out.stdout.strip():
