@@ -18,6 +18,7 @@ rule all:
     default_target: True
     input:
         rules.clean.output,
+        rules.check_format.output,
         rules.figures.output,
         rules.merge_model.output,
         rules.evaluate.output,

@@ -1,0 +1,124 @@
+"""The whole default workflow, run for real in a copy of the project: every contracted file is checked."""
+
+import json
+import re
+import shutil
+
+import pytest
+from conftest import BIN, copy_project, run_cmd
+
+pytestmark = pytest.mark.slow
+
+CONTRACT = [
+    "results/data/merged.json",
+    "results/data/train.json",
+    "results/data/clean_report.json",
+    "results/data/dataset_card.md",
+    "results/figures/suitability.png",
+    "results/figures/lengths.png",
+    "results/base_model/config.json",
+    "results/train/xtuner_config.py",
+    "results/train/work_dir/last_checkpoint",
+    "results/model/adapter/adapter_config.json",
+    "results/model/merged/config.json",
+    "results/eval/generations.jsonl",
+    "results/eval/metrics.json",
+]
+
+
+def snakemake(project, *args, timeout=1800):
+    return run_cmd(
+        [str(BIN / "snakemake"), "--profile", "profiles/default", "--cores", "2", *args],
+        cwd=project,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("wf") / "project")
+    result = snakemake(project)
+    assert result.returncode == 0, result.stderr[-6000:]
+    return project
+
+
+def test_every_contracted_file_exists(run):
+    missing = [p for p in CONTRACT if not (run / p).exists()]
+    assert not missing
+
+
+def test_shards_parse_and_ids_are_unique(run):
+    shards = sorted((run / "results/raw").glob("*/round_*.json"))
+    assert len(shards) == 3 * 2  # 3 styles × 2 rounds
+    ids = []
+    for shard in shards:
+        records = json.loads(shard.read_text(encoding="utf-8"))
+        assert records, shard
+        for rec in records:
+            turn = rec["conversation"][0]
+            assert set(turn) == {"system", "input", "output"}
+            assert turn["output"].strip()
+            assert rec["meta"]["style"] == shard.parent.name
+            assert rec["meta"]["round"] == int(shard.stem.split("_")[1])
+            assert rec["meta"]["provider"] == "offline"
+            ids.append(rec["id"])
+    assert len(ids) == len(set(ids))
+
+
+def test_train_json_loads_with_datasets(run):
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(run / "results/data/train.json"), split="train")
+    assert len(ds) > 100
+    assert ds.column_names == ["conversation"]
+    assert set(ds[0]["conversation"][0]) == {"system", "input", "output"}
+
+
+def test_merged_model_loads_and_generates(run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = run / "results/model/merged"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "祝姐姐生日快乐，小红书风格"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert text.strip()
+
+
+def test_evaluation_compares_base_and_tuned(run):
+    rows = [
+        json.loads(line)
+        for line in (run / "results/eval/generations.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    models = {r["model"] for r in rows}
+    assert models == {"base", "tuned"}
+    tuned = {r["input"]: r["output"] for r in rows if r["model"] == "tuned"}
+    base = {r["input"]: r["output"] for r in rows if r["model"] == "base"}
+    assert tuned.keys() == base.keys()
+    assert sum(tuned[k] != base[k] for k in tuned) >= len(tuned) // 2
+
+
+def test_second_run_does_nothing(run):
+    result = snakemake(run)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_rerun_after_deleting_results_makes_no_teacher_request(run):
+    """The LLM cache lives outside results/: regenerating every shard is all cache hits."""
+    before = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
+    shutil.rmtree(run / "results/raw")
+    shutil.rmtree(run / "logs/generate")
+    result = snakemake(run, "results/data/merged.json")
+    assert result.returncode == 0, result.stderr[-4000:]
+    after = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
+    assert after == before
+    logs = "".join(p.read_text(encoding="utf-8") for p in (run / "logs/generate").rglob("*.log"))
+    requested = [int(n) for n in re.findall(r"(\d+) requested", logs)]
+    assert len(requested) == 6 and all(n == 0 for n in requested), logs[-3000:]
