@@ -269,7 +269,13 @@ def chain(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("chain")
     config = render(root, tiny)
     wd = root / "work_dir"
-    trained = run_cmd([ZHUFU, "train", str(config), "--work-dir", str(wd)], cwd=root, timeout=900)
+    # as on a GPU-less node of a SLURM test cluster, where --gpus=1 sets CUDA_VISIBLE_DEVICES
+    trained = run_cmd(
+        [ZHUFU, "train", str(config), "--work-dir", str(wd)],
+        cwd=root,
+        timeout=900,
+        env={"CUDA_VISIBLE_DEVICES": "0"},
+    )
     adapter = root / "adapter"
     converted = run_cmd([ZHUFU, "pth-to-hf", str(config), str(wd), "-o", str(adapter)], cwd=root, timeout=600)
     merged = root / "merged"
@@ -292,6 +298,7 @@ def test_cpu_chain_trains_converts_and_merges(chain):
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
     out = trained.stdout + trained.stderr
     assert iterations_logged(out)[-1] == 20
+    assert "no usable CUDA device: ignoring CUDA_VISIBLE_DEVICES='0'" in out
     assert "祝妹妹谈判顺利，小红书风格" in out  # EvaluateChatHook ran
     last = (chain["wd"] / "last_checkpoint").read_text().strip()
     assert Path(last).name == "iter_20.pth" and Path(last).is_file()
@@ -301,6 +308,24 @@ def test_cpu_chain_trains_converts_and_merges(chain):
     assert (chain["adapter"] / "adapter_model.safetensors").is_file()
     assert merging.returncode == 0, merging.stderr[-3000:]
     assert (chain["merged"] / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_trains_nothing_and_names_the_final_checkpoint(chain):
+    """What Snakemake does when it reruns train with unchanged inputs: it deletes last_checkpoint first."""
+    if chain["results"][0].returncode != 0:
+        pytest.skip("training failed")
+    (chain["wd"] / "last_checkpoint").unlink()
+    again = run_cmd(
+        [ZHUFU, "train", str(chain["root"] / "xtuner_config.py"), "--work-dir", str(chain["wd"])],
+        cwd=chain["root"],
+        timeout=900,
+    )
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert re.search(r"resuming from \S*iter_20\.pth", out)
+    assert not [i for i in iterations_logged(out) if i <= 20]
+    assert Path((chain["wd"] / "last_checkpoint").read_text().strip()).name == "iter_20.pth"
 
 
 @pytest.mark.slow

@@ -343,6 +343,11 @@ def train(
     if rc != 0:
         log.error("xtuner.tools.train exited with %d", rc)
         return rc
+    marker = wd / "last_checkpoint"
+    if not marker.is_file() and (newest := latest_complete_checkpoint(wd)) is not None:
+        # Resumed from the final checkpoint (a rerun of a finished run): XTuner had nothing left to train,
+        # so it wrote no marker. Snakemake removed the old one before the job; name the final checkpoint again.
+        write_text(marker, str(newest.absolute()))
     final = last_checkpoint(wd)
     for ckpt in checkpoints(wd):
         if ckpt.is_file():
