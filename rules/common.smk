@@ -1,17 +1,21 @@
-import hashlib
-import json
+import os  # noqa: F401  (rules use os.path in lambdas)
 import sys
-from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
 from zhufu.config import validate_config  # noqa: E402
 from zhufu.errors import ConfigError  # noqa: E402
+from zhufu.xtuner_config import training_settings  # noqa: E402
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
 # validate() prints the whole schema and a traceback).
 try:
-    validate_config(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+    validate_config(
+        config, source=", ".join(map(str, workflow.configfiles)) or "config"
+    )
+    TRAIN = training_settings(
+        config
+    )  # the training profile with config overrides applied
 except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -23,11 +27,11 @@ def pkg(*modules):
     return [f"zhufu/{m}.py" for m in dict.fromkeys(names)]
 
 
-def config_hash():
-    """Hash of the whole validated config, recorded in the dataset card."""
-    blob = json.dumps(config, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 STYLES = list(config["styles"])
 ROUNDS = list(range(config["rounds"]))
+WORK_DIR = "results/train/work_dir"
+
+
+def maybe_protected(path):
+    """GPU profiles protect their checkpoints (hours of work); cpu-tiny does not, so `make run` can rerun."""
+    return protected(path) if TRAIN["protect_checkpoints"] else path

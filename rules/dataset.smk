@@ -2,6 +2,8 @@
 # Everything the scripts use arrives through params:, so changing a cleaning threshold reruns clean and what
 # follows it, never generation.
 
+from pathlib import Path
+
 from zhufu.dataset import provenance_from_config, training_format
 
 # XTuner template and max_length of the configured training profile (zhufu/profiles.py), for check_format.

@@ -4,21 +4,6 @@
 # checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
 # work_dir/last_checkpoint, which names the final one and which XTuner writes last.
 
-import os  # noqa: E402
-
-from zhufu.xtuner_config import training_settings  # noqa: E402
-
-try:
-    TRAIN = training_settings(config)
-except ConfigError as e:
-    print(f"zhufu: config error: {e}", file=sys.stderr)
-    sys.exit(1)
-WORK_DIR = "results/train/work_dir"
-
-
-def _maybe_protected(path):
-    return protected(path) if TRAIN["protect_checkpoints"] else path
-
 
 rule base_model:
     input:
@@ -67,7 +52,7 @@ rule train:
         train=rules.clean.output.train,
         code=pkg("launcher"),
     output:
-        last=_maybe_protected(f"{WORK_DIR}/last_checkpoint"),
+        last=maybe_protected(f"{WORK_DIR}/last_checkpoint"),
     log:
         "logs/train.log",
     benchmark:

@@ -123,7 +123,7 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    vocab_size: int = 1024,
+    vocab_size: int = 2048,
     seed: int = 0,
 ) -> Path:
     """Build the tiny Qwen2 and its tokenizer into `out_dir` (replaced whole, never left half-written)."""
