@@ -11,7 +11,9 @@ BIN = Path(sys.executable).parent
 
 
 def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
     return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
 
 
