@@ -5,7 +5,8 @@
 # Idempotent and quick when rerun: installs packages only if a binary is missing, rewrites a config only if
 # its content changed (and then restarts only the daemons that read it), starts only daemons that are not
 # running, and returns as soon as the node is idle. Safe to call concurrently (flock).
-# Every daemon writes a PID file under /run (and does not inherit the lock); tests/slurm/stop_cluster.sh stops them by those PIDs.
+# Every daemon writes a PID file under /run (and does not inherit the lock); tests/slurm/stop_cluster.sh
+# stops them by those PIDs.
 #
 # Environment:
 #   ZHUFU_SLURM_ACCOUNT   account created for the calling user (default: zhufu)
