@@ -10,7 +10,7 @@ venv:
 	@tools/bootstrap.sh $(VENV)
 
 run: venv
-	snakemake --profile profiles/default --cores $(CORES)
+	snakemake --cores $(CORES)   # profiles/default is Snakemake's workflow profile: loaded by itself
 
 test: venv
 	python -m pytest -q $(PYTEST_ARGS)

@@ -14,6 +14,14 @@ include: "rules/export.smk"
 include: "rules/evaluate.smk"
 
 
+# Tiny jobs run inside the main Snakemake process, not as cluster jobs.
+localrules:
+    all,
+    merge,
+    render_config,
+    figures,
+
+
 rule all:
     default_target: True
     input:

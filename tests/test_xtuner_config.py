@@ -71,9 +71,10 @@ def test_cpu_tiny_is_lora_fp32_with_optimwrapper(tmp_path):
     assert str(cfg.model.llm.torch_dtype).endswith("float32")
     assert "quantization_config" not in cfg.model.llm
     assert cfg.model.lora.r == 8
+    assert cfg.model.lora.modules_to_save == ["embed_tokens", "lm_head"]  # the tiny base is random
     assert type_name(cfg.optim_wrapper.type) == "OptimWrapper"
     assert "dtype" not in cfg.optim_wrapper
-    assert cfg.train_cfg.max_iters == 300
+    assert cfg.train_cfg.max_iters == 600
     assert cfg.lr == 5e-3
     assert cfg.max_length == 256
 
