@@ -23,7 +23,7 @@ except ConfigError as e:
 
 def pkg(*modules):
     """The package's source files a rule's script imports, as inputs (Snakemake's code trigger can't see them)."""
-    names = ("__init__", "errors", "io", "config") + modules
+    names = ("__init__", "errors", "io", "config", "scripting") + modules
     return [f"zhufu/{m}.py" for m in dict.fromkeys(names)]
 
 

@@ -1,16 +1,13 @@
+# ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
 from zhufu.base_model import prepare_base_model  # noqa: E402
+from zhufu.scripting import rule_step  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "base_model"):
     model = snakemake.params.model
     prepare_base_model(
         snakemake.output.dir,
@@ -23,6 +20,3 @@ try:
         tiny=model.get("tiny"),
         seed=snakemake.params.seed,
     )
-except Exception:
-    logging.getLogger("zhufu").exception("base_model failed")
-    raise

@@ -4,14 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
 from zhufu.dataset import clean  # noqa: E402
+from zhufu.scripting import rule_step  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "clean"):
     clean(
         snakemake.input.merged,
         snakemake.output.train,
@@ -23,6 +19,3 @@ try:
         card=snakemake.output.card,
         provenance=snakemake.params.provenance,
     )
-except Exception:
-    logging.getLogger("zhufu.dataset").exception("clean failed")
-    raise

@@ -4,14 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
 from zhufu.figures import draw_figures  # noqa: E402
+from zhufu.scripting import rule_step  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "figures"):
     draw_figures(
         report=snakemake.input.report,
         suitability=snakemake.input.suitability or None,
@@ -22,6 +18,3 @@ try:
         out_lengths=snakemake.output.lengths,
         out_cells=snakemake.output.cells,
     )
-except Exception:
-    logging.getLogger("zhufu.figures").exception("figures failed")
-    raise

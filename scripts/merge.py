@@ -4,15 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
 from zhufu.dataset import merge  # noqa: E402
+from zhufu.scripting import rule_step  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "merge"):
     merge(snakemake.input.shards, snakemake.output.json)
-except Exception:
-    logging.getLogger("zhufu.dataset").exception("merge failed")
-    raise

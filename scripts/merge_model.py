@@ -1,22 +1,16 @@
+# ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
 from zhufu.launcher import merge_model  # noqa: E402
+from zhufu.scripting import rule_step  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "merge_model"):
     merge_model(
         snakemake.input.base_model,
         snakemake.input.adapter,
         snakemake.output.merged,
         log_path=snakemake.log[0],
     )
-except Exception:
-    logging.getLogger("zhufu").exception("merge_model failed")
-    raise

@@ -1,16 +1,13 @@
+# ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-import logging  # noqa: E402
-
+from zhufu.scripting import rule_step  # noqa: E402
 from zhufu.xtuner_config import write_config  # noqa: E402
 
-logging.basicConfig(
-    filename=snakemake.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
-try:
+with rule_step(snakemake, "render_config"):
     write_config(
         snakemake.output.config,
         profile=snakemake.params.profile,
@@ -20,6 +17,3 @@ try:
         system=snakemake.params.system,
         evaluation_inputs=snakemake.params.evaluation_inputs,
     )
-except Exception:
-    logging.getLogger("zhufu").exception("render_config failed")
-    raise

@@ -68,3 +68,23 @@ def test_cli_bad_config_is_one_line(project):
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "bad.yaml" in result.stderr and "required property" in result.stderr
+
+
+def test_atomic_writes_leave_no_temp_file_and_respect_umask(tmp_path):
+    import os
+    import stat
+
+    from zhufu.io import atomic_path, write_json
+
+    target = tmp_path / "out" / "x.json"
+    write_json(target, {"a": "祝"})
+    assert target.read_text(encoding="utf-8").strip() == '{\n  "a": "祝"\n}'
+    assert list(target.parent.iterdir()) == [target]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a fi", encoding="utf-8")
+        raise RuntimeError("killed mid-write")
+    assert list(target.parent.iterdir()) == [target]  # the failed write left the old file and no temp
+    assert '"a"' in target.read_text(encoding="utf-8")
