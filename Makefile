@@ -13,7 +13,7 @@ run: venv
 	snakemake --cores $(CORES)   # profiles/default is Snakemake's workflow profile: loaded by itself
 
 test: venv
-	python -m pytest -q $(PYTEST_ARGS)
+	python -m pytest -q --durations=12 $(PYTEST_ARGS)
 
 lint: venv
 	ruff check .
