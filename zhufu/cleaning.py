@@ -311,35 +311,33 @@ def _plan(rules_cfg: dict, ctx: RuleContext) -> tuple[list, list, list]:
     return ctx.compiled[key][1]
 
 
+def _run_steps(steps, text: str, meta: dict, ctx: RuleContext, changes: list) -> tuple[str, tuple | None]:
+    """Apply each rule in turn; record what it changed; stop at the first that drops the record."""
+    for name, fn, cfg in steps:
+        result = fn(text, meta, cfg, ctx)
+        if result.__class__ is Drop:
+            return text, (name, result.detail)
+        if result is not text and result != text:
+            changes.append((name, text, result))
+            text = result
+    return text, None
+
+
 def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
     before_repairs, repairs, after_repairs = _plan(rules_cfg, ctx)
     changes: list[tuple[str, str, str]] = []
-    for name, fn, cfg in before_repairs:
-        result = fn(text, meta, cfg, ctx)
-        if result.__class__ is Drop:
-            return Verdict(text, changes, (name, result.detail))
-        if result is not text and result != text:
-            changes.append((name, text, result))
-            text = result
+    text, drop = _run_steps(before_repairs, text, meta, ctx, changes)
+    # Repairs can uncover each other (quotes around a preamble around stray punctuation): repeat until stable.
     for _ in range(4):
+        if drop:
+            break
         start = text
-        for name, fn, cfg in repairs:
-            result = fn(text, meta, cfg, ctx)
-            if result.__class__ is Drop:
-                return Verdict(text, changes, (name, result.detail))
-            if result is not text and result != text:
-                changes.append((name, text, result))
-                text = result
+        text, drop = _run_steps(repairs, text, meta, ctx, changes)
         if text == start:
             break
-    for name, fn, cfg in after_repairs:
-        result = fn(text, meta, cfg, ctx)
-        if result.__class__ is Drop:
-            return Verdict(text, changes, (name, result.detail))
-        if result is not text and result != text:
-            changes.append((name, text, result))
-            text = result
-    return Verdict(text, changes)
+    if not drop:
+        text, drop = _run_steps(after_repairs, text, meta, ctx, changes)
+    return Verdict(text, changes, drop)
 
 
 def shingles(key: str, n: int) -> set[bytes]:
