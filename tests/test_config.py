@@ -88,3 +88,22 @@ def test_atomic_writes_leave_no_temp_file_and_respect_umask(tmp_path):
         raise RuntimeError("killed mid-write")
     assert list(target.parent.iterdir()) == [target]  # the failed write left the old file and no temp
     assert '"a"' in target.read_text(encoding="utf-8")
+
+
+def test_schema_defaults_match_the_default_config():
+    """A config that leaves out prompt_template or evaluate.inputs gets exactly the default run's."""
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text(encoding="utf-8"))
+    config = load_config()
+    assert schema["properties"]["prompt_template"]["default"] == config["prompt_template"]
+    evaluate_inputs = schema["properties"]["evaluate"]["properties"]["inputs"]["default"]
+    assert evaluate_inputs == config["evaluate"]["inputs"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate_over_the_default(name, base):
+    """As `snakemake --configfile configs/NAME` uses them: merged over config.yaml."""
+    from snakemake.utils import update_config
+
+    config = copy.deepcopy(base)
+    update_config(config, yaml.safe_load((ROOT / "configs" / name).read_text(encoding="utf-8")))
+    assert validate_config(config, name)["grid"]["scenes"]
