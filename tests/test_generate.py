@@ -234,9 +234,15 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
             time.sleep(0.01)
         server.hold = True
         # Wait until the client has stored every answer it was sent, with more calls hanging in flight.
+        # Calls already past the hold when it was set still finish, so the count must also stay still
+        # for a while: on a loaded machine the client may read (and store) them late.
+        seen, still_since = -1, time.monotonic()
         while time.monotonic() < deadline:
+            if server.successes != seen:
+                seen, still_since = server.successes, time.monotonic()
             if (
-                cache.exists()
+                time.monotonic() - still_since > 1.0
+                and cache.exists()
                 and _cached_rows(tmp_path) == server.successes
                 and server.requests > server.successes
             ):
