@@ -57,7 +57,11 @@ rule clean:
     output:
         train="results/data/train.json",
         report="results/data/clean_report.json",
-        card="results/data/dataset_card.md",
+        card=report(
+            "results/data/dataset_card.md",
+            caption="../report/card.rst",
+            category="1. Data",
+        ),
     log:
         "logs/clean.log",
     benchmark:
@@ -82,9 +86,21 @@ rule figures:
         code=pkg("grid", "figures"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
-        suitability="results/figures/suitability.png",
-        lengths="results/figures/lengths.png",
-        cells="results/figures/cells.png",
+        suitability=report(
+            "results/figures/suitability.png",
+            caption="../report/suitability.rst",
+            category="1. Data",
+        ),
+        lengths=report(
+            "results/figures/lengths.png",
+            caption="../report/lengths.rst",
+            category="1. Data",
+        ),
+        cells=report(
+            "results/figures/cells.png",
+            caption="../report/cells.rst",
+            category="1. Data",
+        ),
     log:
         "logs/figures.log",
     conda:

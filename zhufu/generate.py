@@ -93,9 +93,10 @@ def _matrix(config: dict) -> dict | None:
 
 def iter_cells(config: dict, style: str, round_: int, matrix: dict | None) -> Iterator[grid.Cell]:
     """grid.cells() as a generator, so a 100k-cell shard never sits in memory as a list."""
+    held_out = grid.held_out(config, matrix)  # kept out of training for the evaluation
     for r in config["grid"]["recipients"]:
         for s in config["grid"]["scenes"]:
-            if matrix is None or grid.is_suitable(matrix, r, s):
+            if (matrix is None or grid.is_suitable(matrix, r, s)) and (r, s) not in held_out:
                 yield grid.Cell(style, round_, r, s)
 
 
