@@ -149,7 +149,7 @@ def test_bootstrap_verdicts_and_intervals():
     assert out["base"]["value"] == pytest.approx(1 / 3) and out["tuned"]["value"] == pytest.approx(0.9)
     assert out["base"]["n"] == 30
     lo, hi = out["base"]["ci"]
-    assert lo < 1 / 3 < hi and 0 < lo and hi < 0.6
+    assert lo < 1 / 3 < hi and lo > 0 and hi < 0.6
     assert out["diff"]["value"] == pytest.approx(0.9 - 1 / 3)
     assert out["diff"]["ci"][0] > 0 and out["verdict"] == "better"
     assert bootstrap("length_band", tuned, base, resamples=500, seed=1)["verdict"] == "worse"

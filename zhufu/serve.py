@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +189,7 @@ def make_server(
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = 128  # the default 5 resets connections under a burst of requests
 
     server = Server((host, port), None)  # type: ignore[arg-type]
     bound_port = server.server_address[1]
@@ -268,8 +268,9 @@ def make_server(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes"
                 )
             try:
+                self._body_read = True
                 raw = self.rfile.read(length)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise BadRequest(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time") from None
             if len(raw) < length:
                 raise BadRequest(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
@@ -292,6 +293,18 @@ def make_server(
                 raise BadRequest(HTTPStatus.BAD_REQUEST, "seed must be a whole number ≥ 0")
             return {"text": text, "again": body.get("again") is True, "seed": seed}
 
+        def _discard_body(self, status: int) -> None:
+            """Read a small refused body, so that closing the connection does not reset it before the
+            client has read the answer; a large, timed-out or already read body is left alone."""
+            if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_ENTITY_TOO_LARGE):
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if 0 < length <= MAX_BODY_BYTES and not getattr(self, "_body_read", False):
+                    self.rfile.read(length)
+            except (ValueError, OSError):
+                pass
+
         def _kwargs(self, req: dict) -> dict:
             kwargs = dict(reply_kwargs)
             if req["again"]:  # "another one": sample, whatever the default decoding
@@ -307,7 +320,8 @@ def make_server(
             try:
                 req = self._request()
             except BadRequest as e:
-                self.close_connection = True  # the rest of a refused body is never read
+                self._discard_body(e.status)
+                self.close_connection = True
                 self._json(e.status, {"error": str(e)})
                 return
             if not waiting.acquire(blocking=False):
