@@ -52,7 +52,13 @@ rule clean:
     input:
         merged=rules.merge.output.json,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "dataset", "cleaning", "card"),
+        # the user's review decisions (zhufu review), once the file exists: a new decision reruns clean
+        decisions=lambda wc: (
+            config["review"]["decisions"]
+            if os.path.exists(config["review"]["decisions"])
+            else []
+        ),
+        code=pkg("grid", "dataset", "cleaning", "card", "review"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("zhufu.evaluate", "answer the evaluation inputs with the base and the tuned model"),
     "chat": ("zhufu.chat", "ask the tuned model for a blessing, once or interactively"),
     "serve": ("zhufu.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "review": ("zhufu.review", "review the cleaned records in a local web page; decisions feed `clean`"),
 }
 
 

@@ -221,8 +221,10 @@ def clean_records(
     system_prompt: str | None,
     matrix: dict | None,
     workers: int | None = None,
+    decisions: dict[str, dict] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
+    """Apply the cleaning rules, then the review decisions (zhufu.review). Returns the kept records (with
+    meta) and the report."""
     from zhufu.cleaning import (
         ALL_RULES,
         exact_duplicates,
@@ -230,8 +232,10 @@ def clean_records(
         normalise,
         record_verdicts,
     )
+    from zhufu.review import REVIEW_RULE, apply_decision
 
-    counts = {name: {"dropped": 0, "modified": 0} for name in ALL_RULES}
+    counts = {name: {"dropped": 0, "modified": 0} for name in (*ALL_RULES, REVIEW_RULE)}
+    review = {"applied": [], "stale": []}
     dropped: list[dict] = []
     modified: list[dict] = []
     survivors: list[dict] = []
@@ -270,6 +274,26 @@ def clean_records(
             pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
             turn["output"] = verdict.text
             verdict_drop = verdict.dropped
+        # Review decisions (the user's review/decisions.jsonl): reject drops, edit replaces, accept keeps
+        # a record a rule would drop; a decision about a changed record is reported, not applied.
+        decision = (decisions or {}).get(record["id"])
+        action, edited = apply_decision(record, decision)
+        if action == "stale":
+            review["stale"].append(
+                {"id": record["id"], "decision": decision["decision"], "judged": decision["judged"]}
+            )
+        elif action != "none":
+            review["applied"].append({"id": record["id"], "decision": action})
+        if action == "reject":
+            drop(record, REVIEW_RULE, "rejected in review")
+            continue
+        if action == "edit":
+            pending.append((REVIEW_RULE, turns[0]["output"], edited, 0))
+            turns[0]["output"] = edited
+            verdict_drop = None
+        if action == "accept" and verdict_drop:
+            review["applied"][-1]["overrides"] = verdict_drop[0]
+            verdict_drop = None
         if verdict_drop:
             drop(record, *verdict_drop)
             continue
@@ -311,7 +335,11 @@ def clean_records(
         "rows_out": len(kept),
         "rows_dropped": len(dropped),
         "rows_modified": len({m["id"] for m in modified}),
-        "rules": {name: {"enabled": rules[name]["enabled"], **counts[name]} for name in ALL_RULES},
+        "rules": {
+            **{name: {"enabled": rules[name]["enabled"], **counts[name]} for name in ALL_RULES},
+            REVIEW_RULE: {"enabled": decisions is not None, **counts[REVIEW_RULE]},
+        },
+        "review": review,
         "dropped": dropped,
         "modified": modified,
         "kept": [
@@ -353,13 +381,23 @@ def clean(
     suitability: str | Path | None = None,
     card: str | Path | None = None,
     provenance: dict | None = None,
+    decisions: str | Path | None = None,
 ) -> dict:
-    """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given)."""
+    """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
+    is the review decisions file (zhufu.review), applied after the rules."""
     from zhufu.grid import load_suitability
+    from zhufu.review import load_decisions
 
     records = validate_records(read_json(merged), merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
-    kept, report = clean_records(records, rules, styles, system_prompt, matrix)
+    kept, report = clean_records(
+        records,
+        rules,
+        styles,
+        system_prompt,
+        matrix,
+        decisions=load_decisions(decisions) if decisions else None,
+    )
     report = {"input": str(merged), **report}
     write_json(train, training_rows(kept), indent=1)
     write_json(report_path, report, indent=1)
@@ -527,6 +565,9 @@ def add_clean_arguments(parser) -> None:
     parser.add_argument("--report", required=True, help="cleaning report to write (JSON)")
     parser.add_argument("--card", help="also write the dataset card (markdown)")
     parser.add_argument("--config", help="config whose `clean:` rules and styles apply (default config.yaml)")
+    parser.add_argument(
+        "--decisions", help="review decisions to apply (default: the config's review.decisions)"
+    )
 
 
 def run_clean(args) -> int:
@@ -541,6 +582,7 @@ def run_clean(args) -> int:
         suitability=config["grid"].get("suitability"),
         card=args.card,
         provenance=provenance_from_config(config),
+        decisions=args.decisions or config["review"]["decisions"],
     )
     print(f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept; report {args.report}")
     return 0
