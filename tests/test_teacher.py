@@ -175,8 +175,10 @@ def test_serious_answers_are_longer_than_normal_ones(client, config):
 def test_injected_rules_are_obeyed(client, config):
     """No 称谓/场景 and no 愿你/祝你 when the prompt's injection forbids them."""
     strict = copy.deepcopy(config)
-    strict["injections"] = [config["injections"][1]]
-    assert "不要出现对象称谓和场景名称" in strict["injections"][0] and "愿你" in strict["injections"][0]
+    # Tianji's strictest injection (the default config no longer draws it: see config.yaml)
+    strict["injections"] = [
+        "回答里不要出现对象称谓和场景名称，也不要用“愿你”“祝你”（给自家长辈的祝福可以保留称谓和“祝你”）。"
+    ]
     bank = teacher.load_phrases()
     for style in config["styles"]:
         for prompt in grid_prompts(strict, style, rounds=1):
