@@ -175,6 +175,15 @@ def test_summary_table_and_files(tmp_path):
     assert set(groups) == {"小红书", "all"}  # no 正常 answers: no 正常 group
     assert groups["小红书"]["emoji_band"]["verdict"] == "better"
     assert groups["小红书"]["length_band"]["tuned"]["value"] == 1.0
+    varied = scored(
+        "tuned",
+        "正常",
+        [f"祝你{c}年{d}顺利" for c, d in zip("甲乙丙丁戊己庚辛壬癸子丑", "天地玄黄宇宙洪荒日月盈昃")],
+    )
+    d1 = summarise(scored("base", "正常", good) + varied, ["正常"], resamples=300)["正常"]["distinct_1"][
+        "tuned"
+    ]
+    assert d1["ci"][0] <= d1["value"] <= d1["ci"][1]  # the bias-shifted interval holds its value
     md = table_markdown(groups, "t")
     assert "| 小红书 | emoji_band | 12/12 | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] |" in md
     page = table_html(groups, "<t>")

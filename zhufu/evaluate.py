@@ -160,6 +160,16 @@ def _applicable(metric: str, rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["scores"][metric] is not None]
 
 
+def _interval(metric: str, value: float, draws, level: float) -> list[float]:
+    """Percentile interval for shares (a resample's mean is unbiased). distinct-n of a resample is biased low
+    (a resample repeats answers), so its interval is shifted by the bootstrap's bias estimate, mean − value."""
+    import numpy as np
+
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    bias = float(np.mean(draws)) - value if metric.startswith("distinct_") else 0.0
+    return [float(lo - bias), float(hi - bias)]
+
+
 def bootstrap(
     metric: str, base: list[dict], tuned: list[dict], *, resamples: int, seed: int, level: float = 0.95
 ) -> dict[str, Any]:
@@ -177,13 +187,13 @@ def bootstrap(
             continue
         idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
         draws[name] = np.array([_value(metric, [rows[i] for i in row]) for row in idx], dtype=float)
-        lo, hi = np.quantile(draws[name], [(1 - level) / 2, (1 + level) / 2])
-        out[name]["ci"] = [float(lo), float(hi)]
+        out[name]["ci"] = _interval(metric, value, draws[name], level)
     if len(draws) == 2:
         diff = draws["tuned"] - draws["base"]
-        lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
+        value = out["tuned"]["value"] - out["base"]["value"]
+        lo, hi = _interval(metric, value, diff, level)
         verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-        out["diff"] = {"value": out["tuned"]["value"] - out["base"]["value"], "ci": [float(lo), float(hi)]}
+        out["diff"] = {"value": value, "ci": [lo, hi]}
         out["verdict"] = verdict
     else:
         out["diff"], out["verdict"] = None, "not scored"
