@@ -132,6 +132,12 @@ def test_report_opens_in_chromium_with_every_section(run, tmp_path):
         page.wait_for_timeout(1500)
         text = page.inner_text("body")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        for category in ("1. Data", "2. Training", "3. Evaluation"):  # each lists its files when opened
+            page.get_by_text(category, exact=True).first.click()
+            page.wait_for_timeout(800)
+            text += page.inner_text("body")
+            page.get_by_text("Results", exact=True).first.click()
+            page.wait_for_timeout(500)
         browser.close()
     shutil.copy(tmp_path / "report.png", run / "results/report.png")
     for name in ("dataset_card.md", "suitability.png", "lengths.png", "cells.png", "loss.png", "table.html"):
