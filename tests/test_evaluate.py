@@ -178,7 +178,10 @@ def test_summary_table_and_files(tmp_path):
     varied = scored(
         "tuned",
         "正常",
-        [f"祝你{c}年{d}顺利" for c, d in zip("甲乙丙丁戊己庚辛壬癸子丑", "天地玄黄宇宙洪荒日月盈昃")],
+        [
+            f"祝你{c}年{d}顺利"
+            for c, d in zip("甲乙丙丁戊己庚辛壬癸子丑", "天地玄黄宇宙洪荒日月盈昃", strict=True)
+        ],
     )
     d1 = summarise(scored("base", "正常", good) + varied, ["正常"], resamples=300)["正常"]["distinct_1"][
         "tuned"
