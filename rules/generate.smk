@@ -4,7 +4,7 @@
 
 import re  # noqa: E402
 
-from zhufu.generate import shard_config  # noqa: E402
+from zhufu.generate.run import shard_config  # noqa: E402
 
 
 wildcard_constraints:

@@ -29,9 +29,10 @@ from zhufu import teacher
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, build_prompt, cells, load_suitability
+from zhufu.text import EMOJI_RE
 
 ROOT = Path(__file__).resolve().parent.parent
-EMOJI = teacher.EMOJI_RE
+EMOJI = EMOJI_RE
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 

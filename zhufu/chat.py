@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zhufu.errors import ModelError
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.tianji import TIANJI_SYSTEM
 
 log = logging.getLogger(__name__)
 

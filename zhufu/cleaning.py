@@ -17,17 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zhufu.grid import is_suitable
+from zhufu.text import chinese_ratio, count_chars, count_emoji, is_emoji
 
-# Emoji: pictographs plus the joiners and modifiers that glue one visible emoji together.
-_EMOJI_BASE = (
-    "\U0001f000-\U0001f02f\U0001f0a0-\U0001f0ff\U0001f100-\U0001f1ff\U0001f200-\U0001f2ff"
-    "\U0001f300-\U0001f5ff\U0001f600-\U0001f64f\U0001f680-\U0001f6ff\U0001f700-\U0001f7ff"
-    "\U0001f800-\U0001f8ff\U0001f900-\U0001f9ff\U0001fa00-\U0001faff\u2600-\u27bf\u2b50\u2b55"
-    "\u2b06\u2b07\u2b05\u2934\u2935\u3030\u303d\u3297\u3299\u00a9\u00ae\u203c\u2049\u2122\u2139"
-)
-EMOJI_RE = re.compile(
-    f"[{_EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{_EMOJI_BASE}](?:\ufe0f)?)*"
-)
 _WHITESPACE = re.compile(r"\s+")
 
 # Punctuation that may stray at the start of an answer. Opening quotes and brackets are not in it.
@@ -35,30 +26,10 @@ LEADING_PUNCT = set("!！。，,、；;：:？?…~～·.—-_ \t\r\n　")
 CLOSING_OF = {'"': '"', "“": "”", "「": "」", "『": "』", "'": "'", "‘": "’", "＂": "＂"}
 
 
-_HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002fa1f\uf900-\ufaff"
-HAN_RE = re.compile(f"[{_HAN}]")
-LETTER_RE = re.compile(r"[^\W\d_]")  # any Unicode letter: Han, Latin, kana, …
-NON_HAN_LETTER_RE = re.compile(f"[^\\W\\d_{_HAN}]")
-_NOT_COUNTED = re.compile("[\\s\ufe0f\u200d]")
-
-
-def is_han(ch: str) -> bool:
-    return HAN_RE.match(ch) is not None
-
-
-def count_chars(text: str) -> int:
-    """Characters a reader sees: code points, without whitespace and emoji joiners (chars, not bytes)."""
-    return len(text) - len(_NOT_COUNTED.findall(text))
-
-
-def count_emoji(text: str) -> int:
-    return len(EMOJI_RE.findall(text))
-
-
 def normalise(text: str) -> str:
     """The dedup key of a text: NFKC, lower case, only letters, digits and Han (no punctuation, emoji, space)."""
     text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(ch for ch in text if ch.isalnum() and not EMOJI_RE.match(ch))
+    return "".join(ch for ch in text if ch.isalnum() and not is_emoji(ch))
 
 
 @dataclass
@@ -173,15 +144,6 @@ def rule_list_items(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str |
         if m:
             return Drop(f"several alternatives in one answer: {m.group(0)!r}")
     return text
-
-
-def chinese_ratio(text: str) -> float:
-    """Han characters among all letters (Han, Latin, kana, …); digits, punctuation and emoji do not count."""
-    others = len(NON_HAN_LETTER_RE.findall(text))
-    if not others:  # the usual case: one scan
-        return 1.0 if HAN_RE.search(text) else 0.0
-    han = len(HAN_RE.findall(text))
-    return han / (han + others)
 
 
 def rule_chinese_ratio(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:

@@ -16,11 +16,14 @@ from zhufu.errors import ZhufuError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve-teacher": (
-        "zhufu.teacher",
+        "zhufu.teacher.server",
         "run the offline OpenAI-compatible teacher (a phrase bank, not an LLM)",
     ),
-    "estimate": ("zhufu.generate", "print the calls, tokens and cost a config would spend, spending nothing"),
-    "generate": ("zhufu.generate", "manufacture raw per-round JSON shards by calling the configured LLM"),
+    "estimate": (
+        "zhufu.generate.estimate",
+        "print the calls, tokens and cost a config would spend, spending nothing",
+    ),
+    "generate": ("zhufu.generate.run", "manufacture raw per-round JSON shards by calling the configured LLM"),
     "import": ("zhufu.dataset", "turn an existing conversation-format JSON file into a raw shard"),
     "merge": ("zhufu.dataset", "merge raw shards into one validated list of records"),
     "clean": ("zhufu.dataset", "apply the cleaning rules: train.json plus a report of every change"),

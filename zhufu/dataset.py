@@ -16,13 +16,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from zhufu.config import ROOT
+from zhufu.config import DATA_KEYS, SCHEMAS
 from zhufu.errors import DataError
 from zhufu.io import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-RECORD_SCHEMA_PATH = ROOT / "schemas" / "record.schema.yaml"
 
 
 @cache
@@ -30,8 +28,8 @@ def record_validator():
     import jsonschema
     import yaml
 
-    with open(RECORD_SCHEMA_PATH, encoding="utf-8") as fh:
-        return jsonschema.Draft202012Validator(yaml.safe_load(fh))
+    schema = yaml.safe_load(SCHEMAS.joinpath("record.schema.yaml").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
 
 
 def _where(error) -> str:
@@ -485,24 +483,6 @@ def run_merge(args) -> int:
     merged = merge(args.shards, args.output)
     print(f"{args.output}: {len(merged)} records")
     return 0
-
-
-# The config keys that shape the data. Training and evaluation keys are left out, so editing them does not
-# rerun clean (and so retrain) just to write a new hash into the card.
-DATA_KEYS = (
-    "seed",
-    "rounds",
-    "system_prompt",
-    "teacher_system_prompt",
-    "grid",
-    "prompt_template",
-    "injections",
-    "input_templates",
-    "trigger_separator",
-    "styles",
-    "provider",
-    "clean",
-)
 
 
 def data_config_hash(config: dict) -> str:

@@ -9,13 +9,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from zhufu.config import ROOT
+from zhufu.config import RESOURCES, package_file
 from zhufu.errors import ConfigError
 from zhufu.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
-FONT_PATH = ROOT / "resources" / "fonts" / "WenQuanYiMicroHei.ttf"
+FONT_PATH = package_file(RESOURCES, "fonts", "WenQuanYiMicroHei.ttf")
 
 
 def cjk_font():

@@ -14,7 +14,8 @@ from typing import Any
 
 from zhufu.errors import ConfigError
 from zhufu.io import write_text
-from zhufu.profiles import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM, resolve_profile
+from zhufu.profiles import resolve_profile
+from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
 
 TEMPLATE = "xtuner_config.py.j2"
 
