@@ -15,7 +15,7 @@ wildcard_constraints:
 rule generate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "generate", "cache", "providers", "limits", "teacher"),
+        code=code("generate", "teacher"),
     output:
         shard="results/raw/{style}/round_{round}.json",
     log:

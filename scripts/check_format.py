@@ -4,8 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from zhufu.dataset import check_format  # noqa: E402
 from zhufu.scripting import rule_step  # noqa: E402
+from zhufu.train.format_check import check_format  # noqa: E402
 
 with rule_step(snakemake, "check_format"):
     check_format(

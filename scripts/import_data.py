@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from zhufu.dataset import import_file  # noqa: E402
+from zhufu.data.importing import import_file  # noqa: E402
 from zhufu.scripting import rule_step  # noqa: E402
 
 with rule_step(snakemake, "import"):

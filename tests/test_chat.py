@@ -7,7 +7,7 @@ from conftest import BIN, run_cmd
 
 from zhufu.base_model import build_tiny_model
 from zhufu.chat import build_prompt
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.tianji import TIANJI_SYSTEM
 
 ZHUFU = str(BIN / "zhufu")
 

@@ -23,7 +23,7 @@ from conftest import BIN, ROOT, run_cmd
 
 from zhufu.base_model import build_tiny_model, check_model_dir, prepare_base_model
 from zhufu.errors import ModelError
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.tianji import TIANJI_SYSTEM
 from zhufu.xtuner_config import write_config
 
 ZHUFU = str(BIN / "zhufu")

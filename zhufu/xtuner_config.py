@@ -14,8 +14,8 @@ from typing import Any
 
 from zhufu.errors import ConfigError
 from zhufu.io import write_text
-from zhufu.profiles import resolve_profile
 from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
+from zhufu.train.profiles import resolve_profile
 
 TEMPLATE = "xtuner_config.py.j2"
 
@@ -58,7 +58,7 @@ def render_config(
     system: str = TIANJI_SYSTEM,
     evaluation_inputs: list[str] | None = None,
 ) -> str:
-    """The text of the XTuner config for a resolved profile (see zhufu.profiles.resolve_profile)."""
+    """The text of the XTuner config for a resolved profile (see zhufu.train.profiles.resolve_profile)."""
     from zhufu import __version__
 
     # mmengine's LinearLR over a single step never leaves start_factor: warm up over 2 steps at least.
@@ -122,7 +122,7 @@ def add_render_config_arguments(parser) -> None:
 
 def run_render_config(args) -> int:
     from zhufu.config import load_config
-    from zhufu.profiles import PROFILES
+    from zhufu.train.profiles import PROFILES
 
     if args.list:
         for name, profile in PROFILES.items():
