@@ -5,7 +5,7 @@ from pathlib import Path
 # The workflow and its scripts import the installed package (tools/bootstrap.sh installs it into .venv).
 from zhufu.config import validate_config
 from zhufu.errors import ConfigError
-from zhufu.xtuner_config import training_settings
+from zhufu.train.xtuner_config import training_settings
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
 # validate() prints the whole schema and a traceback).

@@ -34,7 +34,7 @@ rule render_config:
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
         code=code("train"),
-        template="zhufu/templates/xtuner_config.py.j2",
+        template="zhufu/train/templates/xtuner_config.py.j2",
     output:
         config="results/train/xtuner_config.py",
     log:

@@ -8,7 +8,7 @@ from conftest import ROOT, run_cmd
 from zhufu.errors import ConfigError
 from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
 from zhufu.train.profiles import PROFILES, resolve_profile
-from zhufu.xtuner_config import write_config
+from zhufu.train.xtuner_config import write_config
 
 
 def render(tmp_path, name, overrides=None, inputs=None):

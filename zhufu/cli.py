@@ -31,16 +31,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-format": ("zhufu.train.format_check", "run train.json through XTuner's own dataset processing"),
     "figures": ("zhufu.data.figures", "draw the suitability heatmap, length histograms and cell counts"),
     "base-model": (
-        "zhufu.base_model",
+        "zhufu.train.base_model",
         "build the tiny offline model, or resolve/download the configured one",
     ),
-    "render-config": ("zhufu.xtuner_config", "render the XTuner config for the configured training profile"),
-    "train": ("zhufu.launcher", "run XTuner training (resumes from the last checkpoint)"),
-    "pth-to-hf": ("zhufu.launcher", "convert an XTuner .pth checkpoint to a HF adapter"),
-    "merge-model": ("zhufu.launcher", "merge a HF adapter into its base model"),
-    "evaluate": ("zhufu.evaluate", "answer the evaluation inputs with the base and the tuned model"),
-    "chat": ("zhufu.chat", "ask the tuned model for a blessing, once or interactively"),
-    "serve": ("zhufu.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "render-config": (
+        "zhufu.train.xtuner_config",
+        "render the XTuner config for the configured training profile",
+    ),
+    "train": ("zhufu.train.run", "run XTuner training (resumes from the last checkpoint)"),
+    "pth-to-hf": ("zhufu.train.export", "convert an XTuner .pth checkpoint to a HF adapter"),
+    "merge-model": ("zhufu.train.export", "merge a HF adapter into its base model"),
+    "evaluate": ("zhufu.model.evaluate", "answer the evaluation inputs with the base and the tuned model"),
+    "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
+    "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
 }
 
 

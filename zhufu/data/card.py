@@ -9,17 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 from zhufu.config import DATA_KEYS, load_config
-from zhufu.io import read_json, write_text
+from zhufu.io import file_digest, read_json, write_text
 
 OFFLINE_NOTICE = "This data was composed by Zhufu's offline teacher, a phrase bank, not an LLM."
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
@@ -69,7 +61,7 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
         f"- seed: `{provenance.get('seed')}`",
         f"- config hash: `{provenance.get('config_hash')}` (of the keys that shape the data: seed, grid, styles, "
         "prompts, provider, clean)",
-        f"- sha256 of `{Path(train_path).name}`: `{sha256_of(train_path)}`",
+        f"- sha256 of `{Path(train_path).name}`: `{file_digest(train_path).hexdigest()}`",
         "",
         "Sources in merged.json:",
         "",

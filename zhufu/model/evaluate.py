@@ -8,11 +8,14 @@ tuned model differ from the base model's. Decoding is greedy, so the same models
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
+from zhufu.config import load_config
 from zhufu.io import write_json, write_jsonl
+from zhufu.model.chat import load_chat_model, reply
 from zhufu.text import count_chars, has_emoji
 from zhufu.tianji import TIANJI_SYSTEM
 
@@ -65,8 +68,6 @@ def evaluate(
     adapter: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write generations and metrics; the tuned model is `tuned_model`, or `base_model` + `adapter`."""
-    from zhufu.chat import load_chat_model, reply
-
     rows: list[dict[str, str]] = []
     for name, path, extra in (("base", base_model, None), ("tuned", tuned_model, adapter)):
         chat = load_chat_model(path, extra)
@@ -98,10 +99,6 @@ def add_evaluate_arguments(parser) -> None:
 
 
 def run_evaluate(args) -> int:
-    import json
-
-    from zhufu.config import load_config
-
     config = load_config(args.config)
     metrics = evaluate(
         args.base,
