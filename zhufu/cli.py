@@ -47,11 +47,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command `only` (so `zhufu merge` never imports torch)."""
     parser = argparse.ArgumentParser(prog="zhufu", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_) in COMMANDS.items():
+    for name in [only] if only else COMMANDS:
+        module, help_ = COMMANDS[name]
         p = sub.add_parser(name, help=help_, description=help_)
         fn = name.replace("-", "_")
         getattr(importlib.import_module(module), f"add_{fn}_arguments")(p)
@@ -60,19 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Build only the parser of the command being run, so `zhufu merge` never imports torch.
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command in COMMANDS:
-        parser = argparse.ArgumentParser(prog="zhufu")
-        parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-        sub = parser.add_subparsers(dest="command", required=True)
-        module, help_ = COMMANDS[command]
-        p = sub.add_parser(command, help=help_, description=help_)
-        mod = importlib.import_module(module)
-        fn = command.replace("-", "_")
-        getattr(mod, f"add_{fn}_arguments")(p)
-    else:
-        parser = build_parser()
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

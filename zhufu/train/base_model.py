@@ -12,7 +12,8 @@ Three sources (config `model.source`):
 For `path` and `modelscope`, `results/base_model/` is a directory of symbolic links, one per entry of the
 model directory, plus `zhufu_model.json`, which records where the links point. Every consumer (XTuner,
 transformers, `zhufu chat`) reads it as an ordinary model directory, and nothing is ever written into the
-user's model directory.
+user's model directory. torch, transformers, tokenizers and modelscope are imported inside the functions
+that use them: they take seconds to import, and the `path` source needs none of them.
 """
 
 from __future__ import annotations

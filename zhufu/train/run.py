@@ -46,24 +46,11 @@ def train(
             f"{config}: the profile uses DeepSpeed ({deepspeed}), which needs CUDA GPUs; none is usable here"
         )
 
-    ckpt = resume_point(config, wd, resume)
-
     args = [str(config), "--work-dir", str(wd)]
     if deepspeed:
         args += ["--deepspeed", deepspeed]
-    if ckpt is not None:
-        log.info("resuming from %s", ckpt)
-        if log_path:
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"zhufu: resuming from {ckpt}\n")
-        args += ["--resume", str(ckpt)]
-        # XTuner 0.2.0 and mmengine 0.10.6 call torch.load() without weights_only, which torch >= 2.6 makes
-        # True; their checkpoints hold mmengine objects (the message hub), so resuming fails. The checkpoint
-        # is this run's own (the fingerprint matched), so load it as XTuner was written to.
-        extra_env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    else:
-        extra_env = {}
-    args += extra_args or []
+    resume_args, extra_env = _resume_from(resume_point(config, wd, resume), log_path)
+    args += resume_args + (extra_args or [])
     rc = run_tool(
         TRAIN,
         args,
@@ -86,6 +73,20 @@ def train(
             ckpt.chmod(ckpt.stat().st_mode & ~0o222)
     log.info("training done: last checkpoint %s", final)
     return final
+
+
+def _resume_from(ckpt: Path | None, log_path: str | os.PathLike | None) -> tuple[list[str], dict[str, str]]:
+    """XTuner's arguments and environment to resume from `ckpt` (none when there is nothing to resume)."""
+    if ckpt is None:
+        return [], {}
+    log.info("resuming from %s", ckpt)
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(f"zhufu: resuming from {ckpt}\n")
+    # XTuner 0.2.0 and mmengine 0.10.6 call torch.load() without weights_only, which torch >= 2.6 makes
+    # True; their checkpoints hold mmengine objects (the message hub), so resuming fails. The checkpoint
+    # is this run's own (the fingerprint matched), so load it as XTuner was written to.
+    return ["--resume", str(ckpt)], {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
 def add_train_arguments(parser) -> None:
