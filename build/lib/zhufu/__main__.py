@@ -1,5 +1,0 @@
-import sys
-
-from zhufu.cli import main
-
-sys.exit(main())
