@@ -292,7 +292,13 @@ def clean_records(
         nd = rules["near_dedup"]
         rest = [i for i in range(len(survivors)) if i not in gone]
         found = near_duplicates(
-            [keys[i] for i in rest], nd["ngram"], nd["threshold"], nd["num_perm"], nd["seed"]
+            [keys[i] for i in rest],
+            nd["ngram"],
+            nd["threshold"],
+            nd["num_perm"],
+            nd["seed"],
+            nd["recall"],
+            nd["recall_margin"],
         )
         for a, (b, jac) in found.items():
             i, j = rest[a], rest[b]
