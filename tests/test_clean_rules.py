@@ -74,6 +74,11 @@ def test_suitability_drops_pairs_marked_zero_and_keeps_the_rest():
         "对不起，我不能写这样的内容",
         "我是一个人工智能助手",
         "I'm sorry, I cannot do that",
+        "你好，这个问题我暂时无法回答，让我们换个话题再聊聊吧。",  # DeepSeek
+        "作为一个人工智能语言模型，我还没学习如何回答这个问题，你可以向我问一些其它的问题。",  # GLM
+        "我还没学会回答这个问题",
+        "抱歉，我还未学习到如何回答这个问题的内容，暂时无法提供相关信息。",  # Qwen
+        "这个问题我无法回答。",
     ],
 )
 def test_refusals_and_ai_self_talk_are_dropped(text):
@@ -118,6 +123,102 @@ def test_any_preamble_plus_blessing_leaves_exactly_the_blessing(blessing):
     for pre in ("好的，以下是祝福语：", "当前祝福语如下：", "祝福语："):
         v = run(pre + blessing, rules=only("meta_answer"))
         assert v.dropped is None and v.text == blessing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "当前祝福语如下",  # the seed's own example of a bad answer: no colon, nothing after it
+        "当前祝福语如下。",
+        "以下是为您准备的祝福",
+        "以下是为您准备的祝福：",
+        "好的，这是一条祝福",
+        "好的，这是一条祝福。",
+        "这是为您写的小红书风格祝福！",
+        "下面是几条祝福语",
+    ],
+)
+def test_talk_about_the_answer_alone_is_dropped_with_or_without_a_colon(text):
+    assert run(text, rules=only("meta_answer")).dropped[0] == "meta_answer"
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        "当前祝福语如下\n",
+        "当前祝福语如下：",
+        "以下是为您准备的祝福\n",
+        "以下是为您准备的祝福。",
+        "好的，这是一条祝福。",
+        "好的，这是一条祝福\n\n",
+        "为你写了一条生日祝福！",
+    ],
+)
+def test_talk_about_the_answer_is_stripped_before_a_blessing(pre):
+    v = run(pre + "祝姐姐生日快乐，天天开心！", rules=only("meta_answer"))
+    assert v.dropped is None and v.text == "祝姐姐生日快乐，天天开心！"
+
+
+@pytest.mark.parametrize(
+    "text", ["这是我对你最真诚的祝福，愿你生日快乐！", "这是一份来自远方的祝福，祝你生日快乐！"]
+)
+def test_a_blessing_that_speaks_of_itself_is_kept(text):
+    v = run(text, rules=only("meta_answer"))
+    assert v.dropped is None and v.text == text
+
+
+# ---- trailing remarks and the first-line cut
+
+
+@pytest.mark.parametrize(
+    "remark",
+    [
+        "\n\n（注：此祝福语适合发给姐姐）",  # the example
+        "希望她会喜欢！",
+        "（可根据实际情况调整）",
+        "\n注：可以根据姐姐的喜好调整。",
+        "希望这条祝福对你有帮助。",
+        "你可以根据姐姐的喜好修改。",
+        "如果需要其他风格，随时告诉我！",
+        "希望她会喜欢！（可根据实际情况调整）",
+    ],
+)
+def test_trailing_remarks_and_notes_are_stripped(remark):
+    v = run("祝姐姐生日快乐，天天开心！" + remark, rules=only("trailing_remark"))
+    assert v.dropped is None and v.text == "祝姐姐生日快乐，天天开心！"
+    assert [c[0] for c in v.changes] == ["trailing_remark"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "祝姐姐生日快乐，希望你喜欢我送的礼物！",
+        "生日快乐（比心）！",
+        "祝爷爷早日康复，希望您身体越来越好！",
+        "祝同事工作升职，如有需要随时找我帮忙！哈哈",
+    ],
+)
+def test_blessings_that_end_like_remarks_are_kept(text):
+    assert run(text, rules=only("trailing_remark")).changes == []
+
+
+def test_an_answer_that_is_only_a_note_is_dropped():
+    assert run("（注：此祝福语适合发给姐姐）", rules=only("trailing_remark")).dropped[0] == "trailing_remark"
+
+
+def test_the_first_line_cut_is_off_by_default_and_keeps_the_first_line_when_on():
+    text = "生日快乐！\n\n愿你天天开心。"
+    assert RULES["first_line"]["enabled"] is False
+    assert run(text).changes == []
+    v = run(text, rules=only("first_line"))
+    assert v.text == "生日快乐！" and [c[0] for c in v.changes] == ["first_line"]
+    rules = copy.deepcopy(RULES)
+    rules["first_line"]["enabled"] = True
+    # the preamble goes first, then the cut: the seed's own case (「好的！\n以下是…：\n祝福」)
+    v = run(
+        "好的！\n以下是小红书风格的祝福语：\n祝姐姐生日快乐，天天开心！\n（可根据实际情况调整）", rules=rules
+    )
+    assert v.text == "祝姐姐生日快乐，天天开心！"
 
 
 # ---- quotes, leading punctuation

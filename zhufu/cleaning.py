@@ -2,9 +2,9 @@
 
 A rule works on one record's answer (`output`) and either keeps it, repairs it (reported as before/after)
 or drops the record (reported with the text). `input` is never rewritten. Record rules run in the order of
-RECORD_RULES; the three repairs that peel text off the edges (meta_answer, wrapping_quotes,
-leading_punctuation) are repeated until none changes anything, because they uncover each other
-(「好的，以下是祝福：“！啦～生日快乐”」). The set rules (exact_dedup, near_dedup) run last and keep the first
+RECORD_RULES; the repairs that peel text off the edges (meta_answer, first_line, trailing_remark,
+wrapping_quotes, leading_punctuation) are repeated until none changes anything, because they uncover each
+other (「好的，以下是祝福：“！啦～生日快乐”」). The set rules (exact_dedup, near_dedup) run last and keep the first
 record of each group, in merged order.
 """
 
@@ -122,6 +122,33 @@ def rule_meta_answer(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str 
         if rx.fullmatch(out):
             return Drop("only talk about the answer, no blessing")
     return out if stripped else text
+
+
+def rule_trailing_remark(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Strip notes and remarks after the blessing (（注：…）, 希望她会喜欢！, 可根据实际情况调整。); drop the
+    record when nothing else is left. Each pattern must match up to the end of the answer."""
+    regexes = ctx.regexes("trailing_remark", cfg["patterns"])
+    out = text.rstrip()
+    cut = True
+    while cut and out:
+        cut = False
+        for rx in regexes:
+            m = rx.search(out)
+            if m:
+                out, cut = out[: m.start()].rstrip(), True
+                break
+    if out == text.rstrip():
+        return text
+    if not any(ch.isalnum() for ch in out):
+        return Drop("only a note about the answer, no blessing")
+    return out
+
+
+def rule_first_line(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Keep only the first non-empty line, as the seed's cleaning does (off by default: it cuts letters)."""
+    out = text.strip()
+    first = out.split("\n", 1)[0].rstrip()
+    return first if first != out else text
 
 
 def rule_wrapping_quotes(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
@@ -271,6 +298,8 @@ RECORD_RULES: dict[str, Rule] = {
     "suitability": rule_suitability,
     "refusal": rule_refusal,
     "meta_answer": rule_meta_answer,
+    "first_line": rule_first_line,
+    "trailing_remark": rule_trailing_remark,
     "wrapping_quotes": rule_wrapping_quotes,
     "leading_punctuation": rule_leading_punctuation,
     "list_items": rule_list_items,
@@ -280,7 +309,7 @@ RECORD_RULES: dict[str, Rule] = {
     "length": rule_length,
     "emoji": rule_emoji,
 }
-REPEATED = ("meta_answer", "wrapping_quotes", "leading_punctuation")
+REPEATED = ("meta_answer", "first_line", "trailing_remark", "wrapping_quotes", "leading_punctuation")
 SET_RULES = ("exact_dedup", "near_dedup")
 ALL_RULES = ("system_prompt", *RECORD_RULES, *SET_RULES)
 
