@@ -295,8 +295,32 @@ def test_chinese_ratio_counts_letters_not_digits_punctuation_or_emoji():
 )
 def test_chinese_ratio_decides_by_the_configured_threshold(han, latin):
     v = run(han + latin, rules=only("chinese_ratio"))
-    expected_drop = len(han) / (len(han) + len(latin)) < RULES["chinese_ratio"]["min_ratio"]
+    words = -(-len(latin) // RULES["chinese_ratio"]["latin_word_chars"])  # one per 8 letters, rounded up
+    expected_drop = len(han) / (len(han) + words) < RULES["chinese_ratio"]["min_ratio"]
     assert (v.dropped is not None) == expected_drop
+
+
+def test_a_latin_word_weighs_one_han_character():
+    assert chinese_ratio("姐姐生日快乐呀🎂Happy Birthday！") == 7 / 9
+    assert chinese_ratio("恭喜Congratulations") == 2 / 4  # 15 letters: two words' weight
+    assert chinese_ratio("おめでとう生日") == 2 / 7  # kana count one each
+
+
+@pytest.mark.parametrize(
+    ("text", "style", "kept"),
+    [
+        ("姐姐生日快乐呀🎂Happy Birthday！", "小红书", True),
+        ("姐姐今天也是yyds，生日快乐呀🎉", "小红书", True),
+        ("生日快乐，buff叠满呀✨", "小红书", True),
+        ("OK，姐姐生日快乐，天天开心呀🎉", "小红书", True),
+        ("Happy birthday to my dear sister!", "正常", False),
+        ("生日kuai乐ya jie jie hao", "正常", False),
+        ("祝你qwertyuiopasdfghjklzxcvbnm快乐", "正常", False),
+        ("sdfkj 生日 asdkjh qwe", "正常", False),
+    ],
+)
+def test_english_set_phrases_pass_and_english_or_garbled_answers_drop(text, style, kept):
+    assert (run(text, style=style, rules=only("chinese_ratio")).dropped is None) == kept
 
 
 # ---- character repetition
