@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zhufu.cleaning import (
+    PATTERN_KEYS,
     RuleContext,
     apply_record_rules,
     chinese_ratio,
@@ -16,6 +17,7 @@ from zhufu.cleaning import (
     near_duplicates,
     normalise,
     repetition_ratio,
+    required_chars,
     shingles,
 )
 from zhufu.config import load_config
@@ -547,3 +549,31 @@ def test_lsh_bands_reach_the_recall_at_the_margin_within_the_permutations(thresh
     bands, rows = lsh_bands(threshold, num_perm)
     assert bands * rows <= num_perm
     assert 1 - (1 - (threshold + 0.03) ** rows) ** bands >= 0.99
+
+
+# ---- the shortcut that skips pattern rules: it must never skip a text a pattern matches
+
+PATTERNS = [(name, p) for name, keys in PATTERN_KEYS.items() for k in keys for p in RULES[name][k]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+@pytest.mark.parametrize(("rule", "pattern"), PATTERNS)
+def test_every_text_a_pattern_matches_contains_one_of_its_rules_required_chars(rule, pattern, data):
+    import re
+
+    needs = required_chars([p for k in PATTERN_KEYS[rule] for p in RULES[rule][k]])
+    assert needs  # the default patterns all give the shortcut
+    text = data.draw(st.from_regex(re.compile(pattern)))
+    assert re.search(pattern, text)
+    assert not needs.isdisjoint(text), (pattern, text)
+
+
+def test_required_chars_of_alternatives_cover_every_branch():
+    needs = required_chars(["(?:好的|收到|当然)[，！]"])
+    assert needs == {"，", "！"}  # the rarer class of the sequence
+    needs = required_chars(["(?:好的|收到|当然)"])
+    assert all(not needs.isdisjoint(alt) for alt in ("好的", "收到", "当然"))
+    assert required_chars(["祝?福"]) == {"福"}  # an optional character is not required
+    assert required_chars([r"\d+"]) is None  # nothing to require: the rule always runs
+    assert required_chars(["(?i:ok)"]) is None  # case folding: not a plain set of characters

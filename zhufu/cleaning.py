@@ -334,8 +334,105 @@ class Verdict:
     dropped: tuple[str, str] | None = None  # (rule, detail)
 
 
+# The pattern lists of each rule that does nothing unless one of them matches (its verdict is then `text`).
+PATTERN_KEYS = {
+    "refusal": ("patterns",),
+    "meta_answer": ("patterns", "only_patterns"),
+    "trailing_remark": ("patterns",),
+    "list_items": ("marker_patterns", "alternative_patterns"),
+}
+_SMALL_CLASS = 64
+
+
+# Frequent characters of blessings, avoided when choosing which required characters to test for.
+_COMMON = set(
+    "的一是了我不人在有这个上们来到时大为你您生年和要也会家可过天能对小多心好起当成如事把还用样想开美从无情最前同日又行意祝福快乐愿新春节康健安平顺利幸万"
+)
+
+
+def _rarity(cls: frozenset) -> tuple[int, int]:
+    return len(cls & _COMMON), len(cls)
+
+
+def _char_class(items, ignorecase: bool) -> frozenset | None:
+    """The characters a regex character class can match, when it is a small, plain set of literals."""
+    from re import _constants as c
+
+    chars: set[str] = set()
+    for op, av in items:
+        if op is c.LITERAL:
+            chars.add(chr(av))
+        elif op is c.RANGE and av[1] - av[0] < _SMALL_CLASS:
+            chars.update(map(chr, range(av[0], av[1] + 1)))
+        else:  # NEGATE, CATEGORY (\d, \s…), wide ranges
+            return None
+    if ignorecase and any(ch.lower() != ch.upper() for ch in chars):
+        return None  # case folding could match characters outside the set
+    return frozenset(chars) if len(chars) <= _SMALL_CLASS else None
+
+
+def _required_classes(parsed, ignorecase: bool) -> list[frozenset]:
+    """Sets of characters such that every match contains a character of each set (a necessary condition)."""
+    from re import _constants as c
+
+    required: list[frozenset] = []
+    for op, av in parsed:
+        if op is c.LITERAL:
+            cls = _char_class([(op, av)], ignorecase)
+        elif op is c.IN:
+            cls = _char_class(av, ignorecase)
+        elif op is c.SUBPATTERN:
+            _, add, remove, sub = av
+            flags = (ignorecase or bool(add & c.SRE_FLAG_IGNORECASE)) and not remove & c.SRE_FLAG_IGNORECASE
+            required += _required_classes(sub, flags)
+            continue
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
+            required += _required_classes(av[2], ignorecase)
+            continue
+        elif op is c.BRANCH:
+            union: set[str] = set()
+            for alt in av[1]:
+                options = _required_classes(alt, ignorecase)
+                if not options:
+                    break
+                union |= min(options, key=_rarity)
+            else:
+                required.append(frozenset(union))
+            continue
+        else:  # AT, ANY, ASSERT (look-arounds), repeats that may be empty, …
+            continue
+        if cls is not None:
+            required.append(cls)
+    return required
+
+
+def required_chars(patterns: list[str]) -> frozenset | None:
+    """Characters of which every match of any of the patterns contains at least one; None when some pattern
+    has no such set (the rule must then always run). A text that contains none of them cannot match.
+
+    Read from the parsed patterns (re's own parser), so it holds for any configured pattern. Of each
+    pattern's required sets the smallest is taken, preferring rare characters. Most answers contain none of
+    the characters that refusals, preambles and notes need, and skip those rules without a regex search.
+    """
+    import re as _re
+    from re import _parser
+
+    union: set[str] = set()
+    for pattern in patterns:
+        try:
+            parsed = _parser.parse(pattern)
+        except Exception:  # noqa: BLE001 (an unusual pattern only loses the shortcut)
+            return None
+        classes = _required_classes(parsed, bool(parsed.state.flags & _re.IGNORECASE))
+        if not classes:
+            return None
+        union |= min(classes, key=_rarity)
+    return frozenset(union)
+
+
 def _plan(rules_cfg: dict, ctx: RuleContext) -> tuple[list, list, list]:
-    """The enabled rules as (name, function, config) steps: before the repairs, the repairs, after them."""
+    """The enabled rules as (name, function, config, required characters) steps: before the repairs, the
+    repairs, after them."""
     key = ("plan", id(rules_cfg))
     if key not in ctx.compiled:
         steps: tuple[list, list, list] = ([], [], [])
@@ -345,15 +442,25 @@ def _plan(rules_cfg: dict, ctx: RuleContext) -> tuple[list, list, list]:
                 part = 1
             elif part == 1:
                 part = 2
-            if rules_cfg[name].get("enabled", True):
-                steps[part].append((name, fn, rules_cfg[name]))
+            cfg = rules_cfg[name]
+            if cfg.get("enabled", True):
+                keys = PATTERN_KEYS.get(name)
+                needs = required_chars([p for k in keys for p in cfg[k]]) if keys else None
+                if needs is not None:  # one C-level scan, cheaper than a set operation on the text
+                    needs = re.compile("[" + "".join(map(re.escape, sorted(needs))) + "]").search
+                if name == "suitability" and not ctx.matrix:
+                    continue  # no matrix, nothing to check
+                steps[part].append((name, fn, cfg, needs))
         ctx.compiled[key] = (rules_cfg, steps)  # holding rules_cfg keeps its id from being reused
     return ctx.compiled[key][1]
 
 
 def _run_steps(steps, text: str, meta: dict, ctx: RuleContext, changes: list) -> tuple[str, tuple | None]:
-    """Apply each rule in turn; record what it changed; stop at the first that drops the record."""
-    for name, fn, cfg in steps:
+    """Apply each rule in turn; record what it changed; stop at the first that drops the record. A rule
+    whose patterns need characters the text lacks is skipped: it would return the text unchanged."""
+    for name, fn, cfg, needs in steps:
+        if needs is not None and needs(text) is None:
+            continue
         result = fn(text, meta, cfg, ctx)
         if result.__class__ is Drop:
             return text, (name, result.detail)
