@@ -277,10 +277,10 @@ def test_import_parses_meta_from_inputs_with_whole_names(tmp_path, config_file):
     metas = [(m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in recs]
     assert metas == [
         ("邻居赵大妈", "春节", "小红书"),  # the longest recipient name, not 邻居
-        (None, "工作升职", "正常"),  # 邻居 is not in this config's grid
+        ("邻居", "工作升职", "正常"),  # not in this config's grid, but in Tianji's list
         ("领导", "春节", "严肃"),
-        (None, None, "正常"),
-        (None, None, "正常"),
+        (None, "元宵节", "正常"),  # 大家 is nobody's name
+        (None, "元宵节", "正常"),
     ]
     assert recs[0]["meta"]["prompt"] == "祝福语的字数少于50字……" and recs[0]["meta"]["provider"] == "import"
     assert recs[1]["conversation"][0]["input"] == "祝邻居工作升职 "  # never rewritten, trailing space and all
@@ -319,6 +319,43 @@ def test_imported_data_merges_and_cleans_with_the_same_rules(tmp_path, config_fi
     assert by_rule[(ids[1], "honorific")]["after"] == "恭喜你升职，前程似锦！"
     assert by_rule[(ids[1], "system_prompt")]["before"] == "x"
     assert [d["rule"] for d in report["dropped"]] == ["exact_dedup"]
+
+
+TIANJI_V1_ROWS = [  # (input, expected meta) in Tianji's v1 format, none of them all in the default grid
+    ("祝赵老师元宵节,严肃风格", ("赵老师", "元宵节", "严肃")),
+    ("祝李总谈判顺利,严肃风格", ("李总", "谈判顺利", "严肃")),
+    ("祝福表哥中秋节快乐", ("表哥", "中秋节", "正常")),
+    ("祝邻居赵大妈春节,小红书风格", ("邻居赵大妈", "春节", "小红书")),
+    ("祝妈妈中秋快乐", ("母亲", "中秋节", "正常")),  # synonyms: resources/synonyms.yaml
+    ("祝同学工作升职 ,小红书风格", ("同学", "工作升职", "小红书")),
+    ("送祝福给外婆 重阳节", ("外婆", "重阳节", "正常")),
+    ("祝哥哥新年快乐，白话风格", ("哥哥", "春节", "白话")),  # a Tianji v2 style the config lacks
+]
+
+
+def test_import_parses_against_tianji_lists_and_synonyms_whatever_the_grid(tmp_path, config_file):
+    rows = [{"conversation": [{"input": i, "output": "祝你节日快乐，万事如意！"}]} for i, _ in TIANJI_V1_ROWS]
+    src = write(tmp_path / "tianji.json", rows)
+    out = tmp_path / "imported.json"
+    r = zhufu("import", src, "-o", out, "--config", config_file)
+    assert r.returncode == 0, r.stderr
+    metas = [
+        (m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in json.loads(out.read_text())
+    ]
+    assert metas == [expected for _, expected in TIANJI_V1_ROWS]
+    assert "name no recipient or scene" not in r.stderr
+
+
+def test_a_synonym_takes_the_grids_name_when_the_grid_has_one():
+    from zhufu.config import load_config
+    from zhufu.dataset import parse_input
+
+    config = load_config()
+    assert parse_input("祝母亲中秋节快乐", config)["recipient"] == "母亲"
+    config["grid"]["recipients"].append("妈妈")
+    assert parse_input("祝母亲中秋节快乐", config)["recipient"] == "妈妈"
+    assert parse_input("祝老妈中秋快乐", config)["recipient"] == "妈妈"
+    assert parse_input("祝赵大妈春节快乐", config)["recipient"] is None  # 妈 alone is no name
 
 
 def test_import_names_a_row_that_is_not_a_conversation(tmp_path, config_file):
