@@ -87,13 +87,19 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
     for title, key in (("style", "style"), ("scene", "scene"), ("recipient", "recipient")):
         lines += ["", f"## Rows per {title}", ""]
         lines += _table((title, "rows"), _counts(kept, key))
+    rewritten = report["rules"].get("input_rewrite", {}).get("modified", 0)
+    inputs = (
+        f"The `input` fields are as generated or imported, except {rewritten} `input` rewritten by input_rewrite "
+        "(Tianji's refiner templates; each listed in `clean_report.json`)."
+        if rewritten
+        else "The `input` fields are as generated or imported; cleaning never rewrites them."
+    )
     lines += [
         "",
         "## Format",
         "",
         '`train.json` is a JSON list of `{"conversation": [{"system", "input", "output"}]}`, what XTuner\'s '
-        "`load_dataset('json')` and `template_map_fn` consume. The `input` fields are as generated or imported; "
-        "cleaning never rewrites them.",
+        f"`load_dataset('json')` and `template_map_fn` consume. {inputs}",
         "",
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Secondary cleaning: rules that drop or repair records, each configured under `clean:` in the config.
 
 A rule works on one record's answer (`output`) and either keeps it, repairs it (reported as before/after)
-or drops the record (reported with the text). `input` is never rewritten. Record rules run in the order of
+or drops the record (reported with the text). `input` is rewritten only by input_rewrite (Tianji's
+refiner, off by default), and reported like any repair. Record rules run in the order of
 RECORD_RULES; the repairs that peel text off the edges (meta_answer, first_line, trailing_remark,
 wrapping_quotes, leading_punctuation) are repeated until none changes anything, because they uncover each
 other (「好的，以下是祝福：“！啦～生日快乐”」). The set rules (exact_dedup, near_dedup) run last and keep the first
@@ -10,6 +11,7 @@ record of each group, in merged order.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import Counter
@@ -279,6 +281,30 @@ def rule_honorific(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | 
     return text
 
 
+def rule_peer_address(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    """Tianji's optional peer rewrites (off by default): for a peer, plainer forms of address (姐姐 -> 姐)
+    and no 尊敬的."""
+    if meta.get("recipient") not in cfg["peers"]:
+        return text
+    out = text
+    for word in cfg["remove"]:
+        out = out.replace(word, "")
+    for before, after in cfg["replacements"].items():
+        out = out.replace(before, after)
+    return out
+
+
+def rewritten_input(record_id: str, meta: dict, cfg: dict) -> str | None:
+    """Tianji's refiner: a 正常 festival input rewritten from one of its templates (the template chosen by
+    the record's id, so reruns agree), or None when the record's style, scene or recipient does not qualify."""
+    recipient, scene = meta.get("recipient"), (meta.get("scene") or "").strip()
+    if recipient is None or meta.get("style") not in cfg["styles"] or scene not in cfg["scenes"]:
+        return None
+    digest = hashlib.sha256(f"input_rewrite\x1f{record_id}".encode()).digest()
+    template = cfg["templates"][int.from_bytes(digest[:8], "big") % len(cfg["templates"])]
+    return template.format(recipient=recipient, scene=scene)
+
+
 def rule_length(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
     style = ctx.styles.get(meta.get("style"))
     if style is None:
@@ -317,12 +343,13 @@ RECORD_RULES: dict[str, Rule] = {
     "chinese_ratio": rule_chinese_ratio,
     "char_repetition": rule_char_repetition,
     "honorific": rule_honorific,
+    "peer_address": rule_peer_address,
     "length": rule_length,
     "emoji": rule_emoji,
 }
 REPEATED = ("meta_answer", "first_line", "trailing_remark", "wrapping_quotes", "leading_punctuation")
 SET_RULES = ("exact_dedup", "near_dedup")
-ALL_RULES = ("system_prompt", *RECORD_RULES, *SET_RULES)
+ALL_RULES = ("system_prompt", "input_rewrite", *RECORD_RULES, *SET_RULES)
 
 
 @dataclass

@@ -256,6 +256,7 @@ def clean_records(
         near_duplicates,
         normalise,
         record_verdicts,
+        rewritten_input,
     )
 
     counts = {name: {"dropped": 0, "modified": 0} for name in ALL_RULES}
@@ -273,7 +274,7 @@ def clean_records(
         entry = {
             "id": record["id"],
             "rule": rule,
-            "field": "system" if rule == "system_prompt" else "output",
+            "field": {"system_prompt": "system", "input_rewrite": "input"}.get(rule, "output"),
             "before": before,
             "after": after,
         }
@@ -294,6 +295,11 @@ def clean_records(
             if rules["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
                 pending.append(("system_prompt", turn["system"], system_prompt, k))
                 turn["system"] = system_prompt
+            if k == 0 and rules["input_rewrite"]["enabled"]:
+                new_input = rewritten_input(record["id"], record["meta"], rules["input_rewrite"])
+                if new_input is not None and new_input != turn["input"]:
+                    pending.append(("input_rewrite", turn["input"], new_input, k))
+                    turn["input"] = new_input
             pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
             turn["output"] = verdict.text
             verdict_drop = verdict.dropped
