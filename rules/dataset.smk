@@ -10,14 +10,21 @@ from zhufu.dataset import provenance_from_config, training_format
 FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
 
 
-IMPORTS = {Path(p).stem: p for p in config["clean"]["imports"]}
+# An import is a path, or {path, rule_set}: its rows are then cleaned with that rule set of clean.rule_sets.
+IMPORTS = {
+    Path(i if isinstance(i, str) else i["path"]).stem: (
+        {"path": i, "rule_set": None} if isinstance(i, str) else {"rule_set": None, **i}
+    )
+    for i in config["clean"]["imports"]
+}
 IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 
 
 rule import_data:
     input:
-        source=lambda wc: IMPORTS[wc.name],
-        code=pkg("grid", "dataset"),
+        source=lambda wc: IMPORTS[wc.name]["path"],
+        code=pkg("grid", "dataset", "tianji"),
+        synonyms="resources/synonyms.yaml",
         schema="schemas/record.schema.yaml",
     output:
         shard="results/raw/imported/{name}.json",
@@ -27,8 +34,17 @@ rule import_data:
         "../envs/data.yaml"
     params:
         parse_config=lambda wc: {
-            k: config[k] for k in ("grid", "styles", "system_prompt")
+            **{k: config[k] for k in ("grid", "styles", "system_prompt")},
+            # only this import's rule set, so editing another set or a threshold reruns no import
+            "clean": {
+                "rule_sets": {
+                    k: v
+                    for k, v in config["clean"]["rule_sets"].items()
+                    if k == IMPORTS[wc.name]["rule_set"]
+                }
+            },
         },
+        rule_set=lambda wc: IMPORTS[wc.name]["rule_set"],
     script:
         "../scripts/import_data.py"
 
@@ -52,7 +68,7 @@ rule clean:
     input:
         merged=rules.merge.output.json,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "dataset", "cleaning", "card"),
+        code=pkg("grid", "dataset", "tianji", "cleaning", "card"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",

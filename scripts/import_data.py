@@ -8,4 +8,9 @@ from zhufu.dataset import import_file  # noqa: E402
 from zhufu.scripting import rule_step  # noqa: E402
 
 with rule_step(snakemake, "import"):
-    import_file(snakemake.input.source, snakemake.output.shard, snakemake.params.parse_config)
+    import_file(
+        snakemake.input.source,
+        snakemake.output.shard,
+        snakemake.params.parse_config,
+        rule_set=snakemake.params.rule_set,
+    )

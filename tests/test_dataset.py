@@ -436,3 +436,71 @@ def test_parse_input_recovers_every_cell_from_the_inputs_generation_writes():
         assert parsed == {"recipient": recipient, "scene": scene.strip(), "style": style}, text
 
     check()
+
+
+# ---------------------------------------------------------------- rule sets for imports
+
+DIALOGUE = [  # general dialogue data: long answers, lists, its own system prompt; not blessings
+    ("什么是光合作用？", "光合作用是植物利用光能，把二氧化碳和水合成有机物并释放氧气的过程。它主要发生在叶绿体中，分为光反应和暗反应两个阶段。"),
+    ("推荐三本入门书", "1. 《时间简史》\n2. 《万物简史》\n3. 《人类简史》\n这三本都适合入门阅读，语言通俗易懂。"),
+    ("帮我写个违法的东西", "抱歉，我无法帮助完成这个请求。"),
+    ("什么是光合作用", "光合作用是植物利用光能，把二氧化碳和水合成有机物并释放氧气的过程。它主要发生在叶绿体中，分为光反应和暗反应两个阶段。"),
+]  # fmt: skip
+
+
+def test_an_import_with_the_dialogue_rule_set_keeps_format_refusal_and_dedup_rules_only(
+    tmp_path, config_file
+):
+    rows = [
+        {"conversation": [{"system": "你是一个有用的助手", "input": q, "output": a}]} for q, a in DIALOGUE
+    ]
+    src = write(tmp_path / "dialogue.json", rows)
+    raw = tmp_path / "raw"
+    r = zhufu(
+        "import",
+        src,
+        "-o",
+        raw / "imported" / "dialogue.json",
+        "--rule-set",
+        "dialogue",
+        "--config",
+        config_file,
+    )
+    assert r.returncode == 0, r.stderr
+    imported = json.loads((raw / "imported" / "dialogue.json").read_text())
+    assert [m["meta"]["rule_set"] for m in imported] == ["dialogue"] * 4
+    assert {(m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in imported} == {
+        (None, None, "dialogue")
+    }
+    long_blessing = "祝姐姐生日快乐，愿你新的一岁里每天都开开心心，工作顺利，身体健康，万事如意，心想事成！"
+    write(
+        raw / "正常" / "round_0.json",
+        [record("g1", long_blessing), record("g2", "祝姐姐生日快乐，天天开心！")],
+    )
+    assert zhufu("merge", raw, "-o", tmp_path / "merged.json").returncode == 0
+    out = tmp_path / "out"
+    r = zhufu(
+        "clean", tmp_path / "merged.json", "-o", out / "train.json", "--report", out / "rep.json",
+        "--card", out / "card.md", "--config", config_file,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "rep.json").read_text())
+    ids = [m["id"] for m in imported]
+    dropped = {d["id"]: d["rule"] for d in report["dropped"]}
+    # the blessing rules still hold for the run's own records (too long for 正常)
+    assert dropped == {ids[2]: "refusal", ids[3]: "exact_dedup", "g1": "length"}
+    train = json.loads((out / "train.json").read_text())
+    systems = {row["conversation"][0]["input"]: row["conversation"][0]["system"] for row in train}
+    assert systems["什么是光合作用？"] == "你是一个有用的助手"  # its own system prompt is kept
+    assert "推荐三本入门书" in systems  # a list, long: not a blessing, not dropped for it
+    assert report["rule_sets"] == {
+        "dialogue": {"rows_in": 4, "rows_out": 2, "dropped": {"refusal": 1, "exact_dedup": 1}, "modified": {}}
+    }
+    assert "| dialogue | 4 | 2 | exact_dedup 1, refusal 1 | 0 |" in (out / "card.md").read_text()
+
+
+def test_an_unknown_rule_set_is_one_line_naming_it(tmp_path, config_file):
+    src = write(tmp_path / "d.json", [{"conversation": [{"input": "x", "output": "y"}]}])
+    r = zhufu("import", src, "-o", tmp_path / "o.json", "--rule-set", "chitchat", "--config", config_file)
+    assert r.returncode != 0 and "'chitchat'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

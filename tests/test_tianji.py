@@ -105,3 +105,21 @@ def test_the_card_says_when_inputs_were_rewritten(tmp_path):
               "rules": {"input_rewrite": {"enabled": True, "dropped": 0, "modified": 1}}}  # fmt: skip
     card = render_card(train, report, [record("a", "正常", "春节")], {"provider": "offline"})
     assert "1 `input` rewritten by input_rewrite" in card
+
+
+def test_importing_tianjis_data_with_the_tianji_rule_set_rewrites_its_festival_inputs(tmp_path):
+    from zhufu.dataset import import_records
+
+    config = load_config()
+    rows = [
+        {"conversation": [{"input": "祝表哥中秋节", "output": "中秋快乐，阖家团圆，万事如意！"}]},
+        {"conversation": [{"input": "祝表哥生日", "output": "生日快乐，天天开心，越来越帅！"}]},
+    ]
+    plain = import_records(copy.deepcopy(rows), config, "t.json")
+    tianji = import_records(copy.deepcopy(rows), config, "t.json", rule_set="tianji")
+    kept, _ = clean_records(plain, config["clean"], config["styles"], None, None)
+    assert [r["conversation"][0]["input"] for r in kept] == ["祝表哥中秋节", "祝表哥生日"]  # only when asked
+    kept, report = clean_records(tianji, config["clean"], config["styles"], None, None)
+    first, second = (r["conversation"][0]["input"] for r in kept)
+    assert first in {t.format(r="表哥", s="中秋节") for t in REFINER} and second == "祝表哥生日"
+    assert report["rule_sets"]["tianji"]["modified"]["input_rewrite"] == 1

@@ -81,6 +81,26 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
             for name, r in report["rules"].items()
         ],
     )
+    if report.get("rule_sets"):
+        lines += [
+            "",
+            "Imports cleaned with their own rule set (clean.rule_sets), counted apart; the table above counts "
+            "every row:",
+            "",
+        ]
+        lines += _table(
+            ("rule set", "rows in", "kept", "dropped (by rule)", "repaired (by rule)"),
+            [
+                (
+                    name,
+                    c["rows_in"],
+                    c["rows_out"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(c["dropped"].items())) or "0",
+                    ", ".join(f"{k} {v}" for k, v in sorted(c["modified"].items())) or "0",
+                )
+                for name, c in report["rule_sets"].items()
+            ],
+        )
     lines += ["", "Every dropped and repaired record is listed, with its text, in `clean_report.json`.", ""]
     lines += ["## Length (characters) per style", ""]
     lines += _table(("style", "rows", "min", "mean", "median", "max"), _length_rows(kept))

@@ -352,6 +352,25 @@ SET_RULES = ("exact_dedup", "near_dedup")
 ALL_RULES = ("system_prompt", "input_rewrite", *RECORD_RULES, *SET_RULES)
 
 
+def rule_set_rules(rules_cfg: dict, name: str) -> dict:
+    """The rules of a named rule set: its settings (clean.rule_sets.<name>) merged over the clean rules."""
+    from zhufu.errors import ConfigError
+
+    sets = rules_cfg.get("rule_sets") or {}
+    if name not in sets:
+        raise ConfigError(
+            f"clean.rule_sets: no rule set {name!r} (known: {', '.join(sorted(sets)) or 'none'})"
+        )
+    merged = dict(rules_cfg)
+    for rule, settings in sets[name].items():
+        if rule == "parse_meta":
+            continue
+        if rule not in ALL_RULES:
+            raise ConfigError(f"clean.rule_sets.{name}.{rule}: unknown rule (rules: {', '.join(ALL_RULES)})")
+        merged[rule] = {**rules_cfg[rule], **settings}
+    return merged
+
+
 @dataclass
 class Verdict:
     """What the record rules decided for one answer."""
@@ -664,16 +683,24 @@ def near_duplicates(
 _WORKER: dict = {}
 
 
+def _rules_by_set(rules_cfg: dict) -> dict:
+    """None (no rule set) and each named rule set -> its rules."""
+    return {
+        None: rules_cfg,
+        **{name: rule_set_rules(rules_cfg, name) for name in rules_cfg.get("rule_sets") or {}},
+    }
+
+
 def _init_worker(rules_cfg: dict, styles: dict, matrix: dict | None) -> None:
-    _WORKER["args"] = (rules_cfg, RuleContext(styles=styles, matrix=matrix))
+    _WORKER["args"] = (_rules_by_set(rules_cfg), RuleContext(styles=styles, matrix=matrix))
 
 
 def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[tuple | None]:
     """Verdicts in a compact form for the trip back: None when the rules neither changed nor dropped."""
-    rules_cfg, ctx = _WORKER["args"]
+    by_set, ctx = _WORKER["args"]
     out: list[tuple | None] = []
     for text, meta in items:
-        v = apply_record_rules(text, meta, rules_cfg, ctx)
+        v = apply_record_rules(text, meta, by_set[meta.get("rule_set")], ctx)
         out.append((v.text, v.changes, v.dropped) if v.changes or v.dropped else None)
     return out
 
@@ -685,14 +712,16 @@ def record_verdicts(
     matrix: dict | None,
     workers: int | None = None,
 ) -> list[Verdict]:
-    """apply_record_rules over (text, meta) pairs, in order; large inputs are split across the CPU cores."""
+    """apply_record_rules over (text, meta) pairs, in order, each with the rules of its meta's rule_set (none:
+    rules_cfg itself); large inputs are split across the CPU cores."""
     import os
 
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
-        return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
+        by_set = _rules_by_set(rules_cfg)
+        return [apply_record_rules(text, meta, by_set[meta.get("rule_set")], ctx) for text, meta in items]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

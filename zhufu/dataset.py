@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -149,9 +150,27 @@ def parse_input(text: str, config: dict) -> dict[str, str | None]:
 
 
 def import_records(
-    rows: Any, config: dict, source: str | Path, round_: int = 0, model: str = "unknown"
+    rows: Any,
+    config: dict,
+    source: str | Path,
+    round_: int = 0,
+    model: str = "unknown",
+    rule_set: str | None = None,
 ) -> list[dict]:
-    """Tianji-format rows ({"conversation": [...]}, maybe with src_input/style_name/meta) as raw records."""
+    """Tianji-format rows ({"conversation": [...]}, maybe with src_input/style_name/meta) as raw records.
+
+    With a rule set (clean.rule_sets.<name>) each record's meta names it, so clean applies that set's rules;
+    a set with parse_meta false (general dialogue data) gets no recipient or scene, and its name as style."""
+    parse_meta = True
+    if rule_set is not None:
+        from zhufu.errors import ConfigError
+
+        sets = config.get("clean", {}).get("rule_sets") or {}
+        if rule_set not in sets:
+            raise ConfigError(
+                f"{source}: rule set {rule_set!r} is not under clean.rule_sets (known: {', '.join(sorted(sets))})"
+            )
+        parse_meta = sets[rule_set].get("parse_meta", True)
     if not isinstance(rows, list):
         raise DataError(f"{source}: expected a JSON list of {{'conversation': [...]}} rows")
     records: list[dict] = []
@@ -174,7 +193,13 @@ def import_records(
             for t in conv
         ]
         meta = dict(row.get("meta") or {})
-        parsed = parse_input(turns[0]["input"], config)
+        if rule_set is not None:
+            meta["rule_set"] = rule_set
+        parsed = (
+            parse_input(turns[0]["input"], config)
+            if parse_meta
+            else {"recipient": None, "scene": None, "style": rule_set}
+        )
         if row.get("style_name") in config["styles"] or row.get("style_name") in STYLES_V2:
             parsed["style"] = row["style_name"]
         for key in ("recipient", "scene", "style"):
@@ -217,11 +242,16 @@ def read_rows(path: str | Path) -> Any:
 
 
 def import_file(
-    path: str | Path, out: str | Path, config: dict, round_: int = 0, model: str = "unknown"
+    path: str | Path,
+    out: str | Path,
+    config: dict,
+    round_: int = 0,
+    model: str = "unknown",
+    rule_set: str | None = None,
 ) -> list[dict]:
-    records = import_records(read_rows(path), config, path, round_=round_, model=model)
+    records = import_records(read_rows(path), config, path, round_=round_, model=model, rule_set=rule_set)
     unparsed = sum(1 for r in records if r["meta"]["recipient"] is None or r["meta"]["scene"] is None)
-    if unparsed:
+    if unparsed and rule_set is None:
         log.warning(
             "%s: %d of %d inputs name no recipient or scene of the config's grid, Tianji's lists or "
             "resources/synonyms.yaml; their meta keeps null (suitability and honorific rules skip them)",
@@ -238,7 +268,8 @@ def import_file(
 
 
 def _rule_meta(meta: dict) -> dict:
-    return {"recipient": meta.get("recipient"), "scene": meta.get("scene"), "style": meta.get("style")}
+    keys = ("recipient", "scene", "style", "rule_set")
+    return {k: meta.get(k) for k in keys}
 
 
 def clean_records(
@@ -257,6 +288,7 @@ def clean_records(
         normalise,
         record_verdicts,
         rewritten_input,
+        rule_set_rules,
     )
 
     counts = {name: {"dropped": 0, "modified": 0} for name in ALL_RULES}
@@ -282,21 +314,31 @@ def clean_records(
             entry["turn"] = turn
         modified.append(entry)
 
+    by_set = {None: rules}
+    for r in records:
+        name = r["meta"].get("rule_set")
+        if name not in by_set:
+            by_set[name] = rule_set_rules(rules, name)
+
+    def rules_of(record: dict) -> dict:
+        return by_set[record["meta"].get("rule_set")]
+
     items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
     verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
     for record in records:
         turns = [dict(t) for t in record["conversation"]]
         pending: list[tuple[str, str, str, int]] = []
         verdict_drop = None
+        own = rules_of(record)
         for k, turn in enumerate(turns):
             verdict = next(verdicts)
             if verdict_drop:
                 continue
-            if rules["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
+            if own["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
                 pending.append(("system_prompt", turn["system"], system_prompt, k))
                 turn["system"] = system_prompt
-            if k == 0 and rules["input_rewrite"]["enabled"]:
-                new_input = rewritten_input(record["id"], record["meta"], rules["input_rewrite"])
+            if k == 0 and own["input_rewrite"]["enabled"]:
+                new_input = rewritten_input(record["id"], record["meta"], own["input_rewrite"])
                 if new_input is not None and new_input != turn["input"]:
                     pending.append(("input_rewrite", turn["input"], new_input, k))
                     turn["input"] = new_input
@@ -312,8 +354,10 @@ def clean_records(
 
     keys = ["\n".join(normalise(t["output"]) for t in r["conversation"]) for r in survivors]
     gone: set[int] = set()
-    if rules["exact_dedup"]["enabled"]:
-        for i, j in exact_duplicates(keys).items():
+    exact = [i for i, r in enumerate(survivors) if rules_of(r)["exact_dedup"]["enabled"]]
+    if exact:
+        for a, b in exact_duplicates([keys[i] for i in exact]).items():
+            i, j = exact[a], exact[b]
             gone.add(i)
             drop(
                 survivors[i],
@@ -321,9 +365,9 @@ def clean_records(
                 f"same text as {survivors[j]['id']} after normalisation",
                 duplicate_of=survivors[j]["id"],
             )
-    if rules["near_dedup"]["enabled"]:
-        nd = rules["near_dedup"]
-        rest = [i for i in range(len(survivors)) if i not in gone]
+    nd = rules["near_dedup"]
+    rest = [i for i, r in enumerate(survivors) if i not in gone and rules_of(r)["near_dedup"]["enabled"]]
+    if rest:
         found = near_duplicates(
             [keys[i] for i in rest],
             nd["ngram"],
@@ -345,12 +389,23 @@ def clean_records(
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
     dropped.sort(key=lambda d: order[d["id"]])
+    set_of = {r["id"]: r["meta"].get("rule_set") for r in records}
+    per_set: dict[str, dict] = {}
+    for name in sorted(n for n in by_set if n is not None):
+        rows = [r for r in records if set_of[r["id"]] == name]
+        per_set[name] = {
+            "rows_in": len(rows),
+            "rows_out": sum(1 for r in kept if set_of[r["id"]] == name),
+            "dropped": dict(Counter(d["rule"] for d in dropped if set_of[d["id"]] == name)),
+            "modified": dict(Counter(m["rule"] for m in modified if set_of[m["id"]] == name)),
+        }
     report = {
         "rows_in": len(records),
         "rows_out": len(kept),
         "rows_dropped": len(dropped),
         "rows_modified": len({m["id"] for m in modified}),
         "rules": {name: {"enabled": rules[name]["enabled"], **counts[name]} for name in ALL_RULES},
+        "rule_sets": per_set,
         "dropped": dropped,
         "modified": modified,
         "kept": [
@@ -507,10 +562,16 @@ def add_import_arguments(parser) -> None:
     parser.add_argument(
         "--config", help="config whose grid and style triggers parse the inputs (default config.yaml)"
     )
+    parser.add_argument(
+        "--rule-set",
+        help="clean these rows with a rule set of clean.rule_sets, e.g. dialogue (not blessings)",
+    )
 
 
 def run_import(args) -> int:
-    records = import_file(args.file, args.output, _config(args), round_=args.round, model=args.model)
+    records = import_file(
+        args.file, args.output, _config(args), round_=args.round, model=args.model, rule_set=args.rule_set
+    )
     print(f"{args.output}: {len(records)} records")
     return 0
 
