@@ -577,3 +577,14 @@ def test_required_chars_of_alternatives_cover_every_branch():
     assert required_chars(["祝?福"]) == {"福"}  # an optional character is not required
     assert required_chars([r"\d+"]) is None  # nothing to require: the rule always runs
     assert required_chars(["(?i:ok)"]) is None  # case folding: not a plain set of characters
+
+
+def test_a_rule_set_with_other_patterns_gets_its_own_patterns():
+    from zhufu.cleaning import record_verdicts
+
+    rules = copy.deepcopy(RULES)
+    rules["rule_sets"] = {"strict": {"refusal": {"patterns": ["天天"]}}}
+    text = "我祝姐姐生日快乐，天天开心！"  # 我: the default refusal patterns are searched, not skipped
+    items = [(text, {"style": "正常", "rule_set": "strict"}), (text, {"style": "正常"})]
+    strict, plain = record_verdicts(items, rules, STYLES, None, workers=1)
+    assert plain.dropped is None and strict.dropped[0] == "refusal"

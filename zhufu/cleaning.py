@@ -79,9 +79,13 @@ class RuleContext:
     def regexes(self, rule: str, patterns: list[str]) -> list[re.Pattern]:
         """The patterns, compiled once. Kept apart, not joined into one alternation: a pattern that starts
         with a literal (作为…, 抱歉…) is searched with re's fast prefix scan, which an alternation loses."""
-        if rule not in self.compiled:
-            self.compiled[rule] = [re.compile(p) for p in patterns]
-        return self.compiled[rule]
+        key = (rule, id(patterns))  # rule sets may give a rule other patterns
+        if key not in self.compiled:
+            self.compiled[key] = (
+                patterns,
+                [re.compile(p) for p in patterns],
+            )  # holding patterns keeps its id
+        return self.compiled[key][1]
 
 
 # A rule: (text, meta, rule config, context) -> new text (same text: unchanged) or Drop.
