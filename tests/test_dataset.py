@@ -388,7 +388,8 @@ def test_snakemake_rules_merge_clean_figures_and_rerun_on_a_threshold(tmp_path):
     r = run_cmd([*snake, *targets], cwd=project)
     assert r.returncode == 0, r.stderr[-3000:]
     train = json.loads((project / "results/data/train.json").read_text())
-    assert len(train) == 20
+    expected = json.loads((FIXTURES / "dirty_expected.json").read_text())
+    assert len(train) == sum(1 for e in expected.values() if e["verdict"] != "drop") == 23
     assert (project / "results/figures/suitability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "phrase bank" in (project / "results/data/dataset_card.md").read_text()
     # a changed threshold reruns clean (and what follows), not merge
@@ -504,3 +505,29 @@ def test_an_unknown_rule_set_is_one_line_naming_it(tmp_path, config_file):
     r = zhufu("import", src, "-o", tmp_path / "o.json", "--rule-set", "chitchat", "--config", config_file)
     assert r.returncode != 0 and "'chitchat'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_snakemake_imports_each_file_with_its_rule_set(tmp_path):
+    project = copy_project(tmp_path / "project")
+    write(project / "chat.json", [{"conversation": [{"input": q, "output": a}]} for q, a in DIALOGUE])
+    write(project / "tianji.json", TIANJI_ROWS)
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["clean"]["imports"] = [{"path": "chat.json", "rule_set": "dialogue"}, "tianji.json"]
+    (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    (project / "Snakefile.dataset").write_text(
+        'configfile: "test_config.yaml"\n\ninclude: "rules/common.smk"\n\nSHARDS = []\n\ninclude: "rules/dataset.smk"\n'
+    )
+    snake = [str(Path(sys.executable).parent / "snakemake"), "-s", "Snakefile.dataset", "--cores", "1"]
+    r = run_cmd([*snake, "results/data/clean_report.json"], cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    chat = json.loads((project / "results/raw/imported/chat.json").read_text())
+    tianji = json.loads((project / "results/raw/imported/tianji.json").read_text())
+    assert {m["meta"].get("rule_set") for m in chat} == {"dialogue"}
+    assert {m["meta"].get("rule_set") for m in tianji} == {None}
+    report = json.loads((project / "results/data/clean_report.json").read_text())
+    assert report["rule_sets"]["dialogue"]["rows_in"] == 4 and report["rows_in"] == 4 + len(TIANJI_ROWS)
+    # editing a threshold reruns clean, not the imports
+    config["clean"]["near_dedup"]["threshold"] = 0.9
+    (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    r = run_cmd([*snake, "-n", "results/data/clean_report.json"], cwd=project)
+    assert "rule clean:" in r.stdout + r.stderr and "rule import_data:" not in r.stdout + r.stderr
