@@ -118,8 +118,8 @@ def cpu_seconds() -> float:
 
 
 def measure_rules(n: int, workers: int | None) -> dict:
-    from zhufu.cleaning import record_verdicts
     from zhufu.config import load_config
+    from zhufu.data.rules import record_verdicts
 
     config = load_config()
     rows = synthetic_rows(n)
@@ -145,8 +145,8 @@ def measure_near(n: int) -> dict:
     import datasketch  # noqa: F401  (imports, scipy included, are not part of the timing)
     import xxhash  # noqa: F401
 
-    from zhufu.cleaning import near_duplicates, normalise
     from zhufu.config import load_config
+    from zhufu.data.dedup import near_duplicates, normalise
 
     nd = load_config()["clean"]["near_dedup"]
     keys = [normalise(t) for t in synthetic_rows(n)]
@@ -171,7 +171,7 @@ BUCKETS = [(0.80, 0.83), (0.83, 0.86), (0.86, 0.89), (0.89, 0.92), (0.92, 0.95)]
 
 def planted_pairs(pairs: int, seed: int = 7) -> list[tuple[str, str, float]]:
     """(text, near copy, exact 3-gram Jaccard): the same number of pairs in each Jaccard bucket."""
-    from zhufu.cleaning import normalise, shingles
+    from zhufu.data.dedup import normalise, shingles
 
     rng = random.Random(seed)
     want = {b: pairs // len(BUCKETS) for b in BUCKETS}
@@ -199,8 +199,8 @@ def measure_recall(n: int, pairs: int = 2000) -> dict:
     import datasketch  # noqa: F401
     import xxhash  # noqa: F401
 
-    from zhufu.cleaning import near_duplicates, normalise, shingles
     from zhufu.config import load_config
+    from zhufu.data.dedup import near_duplicates, normalise, shingles
 
     nd = load_config()["clean"]["near_dedup"]
     rng = random.Random(11)

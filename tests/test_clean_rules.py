@@ -6,21 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zhufu.cleaning import (
-    PATTERN_KEYS,
-    RuleContext,
-    apply_record_rules,
-    chinese_ratio,
-    count_chars,
-    count_emoji,
-    exact_duplicates,
-    near_duplicates,
-    normalise,
-    repetition_ratio,
-    required_chars,
-    shingles,
-)
 from zhufu.config import load_config
+from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise, shingles
+from zhufu.data.rules import PATTERN_KEYS, RuleContext, apply_record_rules, repetition_ratio, required_chars
+from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 CONFIG = load_config()
 RULES = CONFIG["clean"]
@@ -481,7 +470,7 @@ def test_disabled_rules_do_nothing():
     st.floats(0.05, 0.95),
 )
 def test_the_repetition_fast_path_agrees_with_the_full_ratio(text, n, max_ratio):
-    from zhufu.cleaning import Drop, rule_char_repetition
+    from zhufu.data.rules import Drop, rule_char_repetition
 
     verdict = rule_char_repetition(text, {}, {"ngram": n, "max_ratio": max_ratio}, RuleContext(styles={}))
     assert isinstance(verdict, Drop) == (repetition_ratio(text, n) > max_ratio)
@@ -497,7 +486,7 @@ def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
     import xxhash
     from datasketch import MinHash
 
-    from zhufu.cleaning import minhash_signatures, shingles
+    from zhufu.data.dedup import minhash_signatures, shingles
 
     sets = [shingles(t, 3) for t in texts]
     bulk = minhash_signatures(sets, num_perm, seed, chunk_rows=5)
@@ -512,7 +501,7 @@ def test_rules_across_processes_give_the_same_verdicts_as_one_process():
 
     from conftest import ROOT
 
-    from zhufu.cleaning import record_verdicts
+    from zhufu.data.rules import record_verdicts
 
     records = json.loads((ROOT / "tests" / "fixtures" / "dirty.json").read_text())
     items = [(r["conversation"][0]["output"], r["meta"]) for r in records] * 50
@@ -544,7 +533,7 @@ def test_near_dedup_finds_pairs_just_above_the_threshold():
 
 @pytest.mark.parametrize(("threshold", "num_perm"), [(0.8, 64), (0.7, 64), (0.9, 128), (0.5, 32)])
 def test_lsh_bands_reach_the_recall_at_the_margin_within_the_permutations(threshold, num_perm):
-    from zhufu.cleaning import lsh_bands
+    from zhufu.data.dedup import lsh_bands
 
     bands, rows = lsh_bands(threshold, num_perm)
     assert bands * rows <= num_perm
@@ -580,7 +569,7 @@ def test_required_chars_of_alternatives_cover_every_branch():
 
 
 def test_a_rule_set_with_other_patterns_gets_its_own_patterns():
-    from zhufu.cleaning import record_verdicts
+    from zhufu.data.rules import record_verdicts
 
     rules = copy.deepcopy(RULES)
     rules["rule_sets"] = {"strict": {"refusal": {"patterns": ["天天"]}}}

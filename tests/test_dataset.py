@@ -225,7 +225,7 @@ def test_card_command_rebuilds_the_same_card(cleaned, config_file):
 
 
 def test_card_for_an_llm_provider_does_not_claim_a_phrase_bank(tmp_path):
-    from zhufu.card import render_card
+    from zhufu.data.card import render_card
 
     train = write(tmp_path / "train.json", [])
     report = {"rows_in": 1, "rows_out": 0, "rows_dropped": 1, "rows_modified": 0, "rules": {}, "kept": []}
@@ -348,7 +348,7 @@ def test_import_parses_against_tianji_lists_and_synonyms_whatever_the_grid(tmp_p
 
 def test_a_synonym_takes_the_grids_name_when_the_grid_has_one():
     from zhufu.config import load_config
-    from zhufu.dataset import parse_input
+    from zhufu.data.importing import parse_input
 
     config = load_config()
     assert parse_input("祝母亲中秋节快乐", config)["recipient"] == "母亲"
@@ -415,7 +415,7 @@ def test_parse_input_recovers_every_cell_from_the_inputs_generation_writes():
     from hypothesis import strategies as st
 
     from zhufu.config import load_config
-    from zhufu.dataset import parse_input
+    from zhufu.data.importing import parse_input
     from zhufu.grid import Cell, cell_rng, training_input
 
     config = load_config()

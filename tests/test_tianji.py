@@ -8,7 +8,7 @@ import yaml
 from conftest import ROOT
 
 from zhufu.config import load_config, validate_config
-from zhufu.dataset import clean_records
+from zhufu.data.clean import clean_records
 from zhufu.grid import build_prompt, cells
 
 # Tianji's refiner templates, as the issue quotes them ({r} recipient, {s} scene)
@@ -97,7 +97,7 @@ def test_peer_rewrites_are_off_by_default_and_only_touch_peers():
 
 
 def test_the_card_says_when_inputs_were_rewritten(tmp_path):
-    from zhufu.card import render_card
+    from zhufu.data.card import render_card
 
     train = tmp_path / "train.json"
     train.write_text(json.dumps([]))
@@ -108,7 +108,7 @@ def test_the_card_says_when_inputs_were_rewritten(tmp_path):
 
 
 def test_importing_tianjis_data_with_the_tianji_rule_set_rewrites_its_festival_inputs(tmp_path):
-    from zhufu.dataset import import_records
+    from zhufu.data.importing import import_records
 
     config = load_config()
     rows = [

@@ -1,13 +1,20 @@
-"""Tianji's constants (SocialAI-tianji/Tianji, tools/finetune/data_maker/; ../shared/ref/tianji-grid.md), so that
-its published data imports cleanly and configs/tianji-v1.yaml reproduces its training inputs.
-
-These are data facts: names, the input format and the eight templates its refiner rewrote 正常 festival
-inputs with. The prompts and phrase banks are Zhufu's own.
+"""Tianji's constants (SocialAI-tianji/Tianji, tools/finetune/data_maker/; ../shared/ref/tianji-grid.md), which
+Zhufu's defaults use so that Tianji's published data imports cleanly, configs/tianji-v1.yaml reproduces its
+training inputs and the models are comparable: its system prompt, evaluation inputs, names, input format and the
+eight templates its refiner rewrote 正常 festival inputs with. The prompts and phrase banks are Zhufu's own.
 """
 
 from __future__ import annotations
 
 TIANJI_SYSTEM = "你现在是一个送祝福大师，帮我针对不同人和事情、节日送对应的祝福"
+TIANJI_EVALUATION_INPUTS = [
+    "祝姐姐生日快乐",
+    "祝姐姐生日快乐，严肃风格",
+    "祝姐姐生日快乐,小红书风格",
+    "祝妹妹谈判顺利，小红书风格",
+    "祝大家元宵节快乐",
+    "祝领导春节快乐，严肃风格",
+]
 
 RECIPIENTS_V1 = (
     "赵老师", "大舅", "大伯", "李总", "邻居赵大妈", "母亲", "姐姐", "妹妹", "哥哥", "弟弟", "爷爷", "奶奶", "外公",

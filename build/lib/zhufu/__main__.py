@@ -1,0 +1,5 @@
+import sys
+
+from zhufu.cli import main
+
+sys.exit(main())

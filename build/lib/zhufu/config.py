@@ -1,0 +1,148 @@
+"""Load and validate a Zhufu config against schemas/config.schema.yaml, filling in its defaults.
+
+Snakemake's `validate()` reports a schema dump and a traceback; this module reports one line that names
+the key and what was expected, which is what both the workflow (rules/common.smk) and the CLI print.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from zhufu.errors import ConfigError
+
+# The workflow's checkout, when the package runs from one: its config.yaml is the CLI's default config.
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config.yaml"
+# Package data: the top-level schemas/ and resources/ folders are installed as zhufu.schemas and
+# zhufu.resources (pyproject.toml's package-dir), so an installed zhufu reads them without a checkout.
+SCHEMAS = files("zhufu.schemas")
+RESOURCES = files("zhufu.resources")
+
+# The config keys that change what a raw shard contains (rules/generate.smk passes exactly these, with
+# `styles` narrowed to the shard's style).
+SHARD_KEYS = (
+    "seed",
+    "system_prompt",
+    "teacher_system_prompt",
+    "grid",
+    "prompt_template",
+    "injections",
+    "input_templates",
+    "trigger_separator",
+    "provider",
+)
+# The config keys that shape the data: the shards' keys, all the styles, the rounds and the cleaning rules.
+# Training and evaluation keys are left out, so editing them does not rerun clean (and so retrain) just to
+# write a new hash into the dataset card.
+DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
+
+
+def package_file(folder, *parts: str) -> Path:
+    """A file of the package data as a path (a regular install or a checkout; zip imports are not supported)."""
+    return Path(str(folder.joinpath(*parts)))
+
+
+@cache
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMAS.joinpath("config.schema.yaml").read_text(encoding="utf-8"))
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = _key_path(error)
+        keys = ", ".join(f"{where}.{k}" if where != "(top level)" else k for k in extra)
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key {keys}{hint}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return (
+            f"{_key_path(error)}: expected {expected}, got {type(error.instance).__name__} {error.instance!r}"
+        )
+    if error.validator == "required":
+        return f"{_key_path(error)}: {error.message}"
+    return f"{_key_path(error)}: {error.message}"
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Fill defaults in place and validate. Raise ConfigError naming the first bad key."""
+    validator = _Validator(load_schema())
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
+    if errors:
+        raise ConfigError(f"{source}: {_describe(errors[0])}")
+    _check_semantics(config, source)
+    return config
+
+
+def _check_semantics(config: dict[str, Any], source: str) -> None:
+    for name, style in config["styles"].items():
+        if style["min_chars"] > style["max_chars"]:
+            raise ConfigError(
+                f"{source}: styles.{name}: min_chars ({style['min_chars']}) > max_chars ({style['max_chars']})"
+            )
+        if style.get("few_shot_k", 0) > len(style.get("examples", [])):
+            raise ConfigError(
+                f"{source}: styles.{name}.few_shot_k is {style['few_shot_k']} but only "
+                f"{len(style.get('examples', []))} examples are given"
+            )
+        if "/" in name or name.startswith("."):
+            raise ConfigError(
+                f"{source}: styles.{name}: a style name is a directory name; no '/' or leading '.'"
+            )
+    provider = config["provider"]
+    if provider["kind"] != "offline" and not provider.get("base_url") and provider["kind"] == "openai":
+        raise ConfigError(
+            f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)"
+        )
+    model = config.get("model", {})
+    if model.get("source") == "path" and not model.get("path"):
+        raise ConfigError(f"{source}: model.path is required when model.source is 'path'")
+    if model.get("source") == "modelscope" and not model.get("modelscope_id"):
+        raise ConfigError(f"{source}: model.modelscope_id is required when model.source is 'modelscope'")
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    """Read a YAML config file (default: the project's config.yaml) and validate it."""
+    p = Path(path) if path else DEFAULT_CONFIG
+    try:
+        with open(p, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+    return validate_config(config, str(p))

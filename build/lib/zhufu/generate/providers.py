@@ -1,0 +1,230 @@
+"""LLM providers behind one small async interface: `await provider.complete(messages) -> Answer`.
+
+Kinds:
+- ``openai``: any OpenAI-compatible endpoint (DeepSeek, SiliconFlow, vLLM, Ollama, llama.cpp) via ``AsyncOpenAI``.
+- ``offline``: the same client pointed at Zhufu's offline teacher (a phrase bank on 127.0.0.1, not an LLM).
+- ``zhipuai``: glm-4 via the ``zhipuai`` SDK, which is synchronous, so calls run in a thread pool.
+
+The SDKs' own retries are disabled (``max_retries=0``): retries, backoff and rate limits are owned by
+`zhufu.generate.run`, which needs to see every failure to count it and to honour Retry-After across workers.
+Every failure is turned into a `CallError` that says whether it is worth retrying. Each SDK (openai,
+zhipuai, httpx) is imported when its provider is made: a run needs only the configured one, and zhipuai
+alone takes about a second to import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from zhufu.errors import ProviderError
+
+OFFLINE_API_KEY = "offline"
+ZHIPUAI_DEFAULT_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
+# Statuses worth another attempt: timeouts, conflicts, rate limits and server errors.
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529}
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CallError(Exception):
+    """One failed attempt. `retryable` False means retrying cannot help (bad key, unknown model)."""
+
+    def __init__(
+        self, reason: str, *, retryable: bool, retry_after: float | None = None, status: int | None = None
+    ):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` / `retry-after` (seconds or HTTP date); None if absent."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def sampling_params(provider: dict) -> dict:
+    """The request parameters that change the answer; they are sent, and they are part of the cache key."""
+    params = {"temperature": provider["temperature"], "max_tokens": provider["max_tokens"]}
+    if provider.get("top_p") is not None:
+        params["top_p"] = provider["top_p"]
+    return params
+
+
+def provider_identity(provider: dict) -> dict:
+    """Who answers, for the cache key: kind, endpoint host (not port, not key) and model.
+
+    The offline teacher runs on a random port of 127.0.0.1, so its endpoint is left out entirely; for
+    remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM serving the same name.
+    """
+    identity = {"kind": provider["kind"], "model": provider["model"]}
+    if provider["kind"] != "offline":
+        url = provider.get("base_url") or (ZHIPUAI_DEFAULT_BASE_URL if provider["kind"] == "zhipuai" else "")
+        identity["host"] = (urlsplit(url).hostname or "").lower()
+    return identity
+
+
+def resolve_api_key(provider: dict) -> str:
+    """The key from the env var named by provider.api_key_env, checked before any request is made."""
+    if provider["kind"] == "offline":
+        return OFFLINE_API_KEY
+    env = provider.get("api_key_env")
+    if not env:
+        raise ProviderError(
+            f"provider.api_key_env is not set for kind '{provider['kind']}': name the environment variable "
+            "that holds the key (e.g. DEEPSEEK_API_KEY), never the key itself"
+        )
+    key = os.environ.get(env, "").strip()
+    if not key:
+        raise ProviderError(
+            f"environment variable {env} is not set (provider.api_key_env): export {env}=<your key>"
+        )
+    return key
+
+
+def _status_error(status: int, headers: Any, body: str) -> CallError:
+    snippet = " ".join(str(body).split())[:160]
+    return CallError(
+        f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
+        retryable=status in RETRYABLE_STATUS or status >= 500,
+        retry_after=parse_retry_after(headers),
+        status=status,
+    )
+
+
+def _answer_from_completion(completion: Any) -> Answer:
+    """Text and usage from an OpenAI-shaped completion; an empty or missing answer is a failure."""
+    try:
+        choice = completion.choices[0]
+        text = choice.message.content
+    except (AttributeError, IndexError, TypeError):
+        raise CallError("unparsable answer: no choices[0].message.content", retryable=True) from None
+    if not isinstance(text, str) or not text.strip():
+        raise CallError("empty answer", retryable=True)
+    usage = getattr(completion, "usage", None)
+    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    return Answer(text.strip(), prompt_tokens, completion_tokens)
+
+
+class OpenAIProvider:
+    """`openai` and `offline` kinds: the real AsyncOpenAI client, its retries off."""
+
+    def __init__(self, provider: dict, api_key: str, base_url: str):
+        import httpx
+        import openai
+
+        self._openai = openai
+        self._httpx = httpx
+        self.model = provider["model"]
+        self.params = sampling_params(provider)
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=provider["timeout_s"]
+        )
+        # The offline teacher answers the same request the same way; `seed` (the round, which is also in
+        # the cache key) makes the n-th draw of a prompt a different answer, as sampling does for an LLM.
+        self.seeded = provider["kind"] == "offline"
+
+    async def complete(self, messages: list[dict], sample: int = 0) -> Answer:
+        openai = self._openai
+        extra = {"seed": sample} if self.seeded else {}
+        try:
+            completion = await self.client.chat.completions.create(
+                model=self.model, messages=messages, **self.params, **extra
+            )
+        except openai.APIStatusError as e:
+            raise _status_error(e.status_code, e.response.headers, e.response.text) from None
+        except openai.APITimeoutError:
+            raise CallError("timeout", retryable=True) from None
+        except openai.APIConnectionError as e:
+            raise CallError(f"connection error ({e.__cause__ or e})", retryable=True) from None
+        except (openai.APIResponseValidationError, ValueError) as e:
+            # A body that is not JSON (json.JSONDecodeError is a ValueError) or not a completion.
+            raise CallError(f"unparsable answer ({type(e).__name__})", retryable=True) from None
+        return _answer_from_completion(completion)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class ZhipuProvider:
+    """`zhipuai` kind: the synchronous SDK in a thread pool as wide as the concurrency."""
+
+    def __init__(self, provider: dict, api_key: str, base_url: str | None):
+        from zhipuai import ZhipuAI
+
+        self.model = provider["model"]
+        self.params = sampling_params(provider)
+        self.client = ZhipuAI(
+            api_key=api_key,
+            base_url=base_url or ZHIPUAI_DEFAULT_BASE_URL,
+            max_retries=0,
+            timeout=provider["timeout_s"],
+        )
+        self.pool = ThreadPoolExecutor(max_workers=provider["concurrency"], thread_name_prefix="zhipuai")
+
+    def _call(self, messages: list[dict]) -> Answer:
+        import httpx
+        import zhipuai
+        from zhipuai.core import _errors as zerr
+
+        # The SDK rewrites message contents in place, so it gets a copy.
+        msgs = [dict(m) for m in messages]
+        try:
+            completion = self.client.chat.completions.create(model=self.model, messages=msgs, **self.params)
+        except zerr.APIStatusError as e:
+            raise _status_error(e.status_code, e.response.headers, e.response.text) from None
+        except (zerr.APITimeoutError, httpx.TimeoutException):
+            raise CallError("timeout", retryable=True) from None
+        except (zerr.APIConnectionError, httpx.TransportError) as e:
+            raise CallError(f"connection error ({e.__cause__ or e})", retryable=True) from None
+        except (zerr.APIResponseError, zhipuai.ZhipuAIError, ValueError) as e:
+            raise CallError(f"unparsable answer ({type(e).__name__})", retryable=True) from None
+        return _answer_from_completion(completion)
+
+    async def complete(self, messages: list[dict], sample: int = 0) -> Answer:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, messages)
+
+    async def aclose(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def make_provider(
+    provider: dict, api_key: str, base_url: str | None = None
+) -> OpenAIProvider | ZhipuProvider:
+    """A provider client for `provider` (config's provider section); base_url overrides the config's."""
+    url = base_url or provider.get("base_url")
+    if provider["kind"] == "zhipuai":
+        return ZhipuProvider(provider, api_key, url)
+    if not url:
+        raise ProviderError(f"provider.base_url is required for kind '{provider['kind']}'")
+    return OpenAIProvider(provider, api_key, url)

@@ -1,0 +1,363 @@
+"""Manufacture raw shards: one JSON list of records per style × round, from the configured LLM.
+
+Every cell's prompt is seeded (zhufu.grid), every answer goes through the persistent cache (zhufu.generate.cache),
+so a rerun pays only for what is missing. Calls run concurrently under RPM/TPM limits, with retries,
+backoff and Retry-After honoured (zhufu.generate.limits), and an optional money budget. A shard is written,
+atomically, only when every one of its cells has an answer; otherwise the failed cells are listed and
+`ProviderError` is raised, and the next run asks only for those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zhufu import grid
+from zhufu.config import SHARD_KEYS, load_config
+from zhufu.errors import ProviderError
+from zhufu.generate.cache import AnswerCache
+from zhufu.generate.estimate import (
+    add_shard_arguments,
+    cell_key,
+    cost_of,
+    estimate_shards,
+    format_estimate,
+    money,
+    prompt_tokens_estimate,
+    selected_shards,
+)
+from zhufu.generate.limits import Limits, backoff_delay
+from zhufu.generate.progress import RunProgress
+from zhufu.generate.providers import CallError, make_provider, resolve_api_key
+from zhufu.io import atomic_path
+from zhufu.teacher import running_teacher
+
+log = logging.getLogger("zhufu.generate")
+
+FAILED_CELLS_SHOWN = 20
+
+
+def shard_config(config: dict, style: str) -> dict:
+    """The part of `config` one shard depends on, with `styles` narrowed to that style."""
+    sub = {k: config[k] for k in SHARD_KEYS if k in config}
+    sub["styles"] = {style: config["styles"][style]}
+    return sub
+
+
+def shard_path(out_dir: str | Path, style: str, round_: int) -> Path:
+    return Path(out_dir) / style / f"round_{round_}.json"
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ShardStats:
+    style: str
+    round: int
+    out_path: Path
+    cells: int = 0
+    done: int = 0
+    cached: int = 0
+    requested: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    failed: list[tuple[grid.Cell, str]] = field(default_factory=list)
+    missing: int = 0  # not attempted: budget reached or run aborted
+    written: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.style}/round_{self.round}"
+
+
+@dataclass
+class RunState:
+    provider: dict
+    limits: object
+    cache: AnswerCache
+    client: object = None
+    spent: float = 0.0
+    reserved: float = 0.0
+    budget_reached: bool = False
+    fatal: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def _summary(s: ShardStats, provider: dict, seconds: float) -> str:
+    rate = s.requested / seconds if seconds > 0 else 0.0
+    state = "written" if s.written else "NOT written"
+    return (
+        f"{s.name}: {s.cells} cells, {s.cached} cached, {s.requested} requested, {s.retries} retries, "
+        f"{len(s.failed)} failed, {s.missing} not attempted; tokens {s.prompt_tokens} in / "
+        f"{s.completion_tokens} out, cost {money(provider, s.cost)}; {rate:.1f} calls/s; shard {state}"
+    )
+
+
+async def _call_with_retries(
+    state: RunState, messages: list[dict], est_tokens: int, stats: ShardStats, sample: int = 0
+):
+    """The answer, or raise CallError after the last attempt (or at once if retrying cannot help)."""
+    p = state.provider
+    attempts = p["max_attempts"]
+    for attempt in range(1, attempts + 1):
+        await state.limits.acquire(est_tokens)
+        if state.fatal:
+            raise CallError("run aborted", retryable=False)
+        try:
+            return await state.client.complete(messages, sample=sample)
+        except CallError as e:
+            if not e.retryable or attempt == attempts:
+                raise
+            stats.retries += 1
+            delay = backoff_delay(attempt, p["backoff_s"], p["backoff_max_s"], e.retry_after)
+            if e.status == 429 and e.retry_after:
+                state.limits.pause(delay)
+            log.debug("retry %d/%d in %.2fs after %s", attempt, attempts, delay, e.reason)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+FATAL_STATUS = {401, 402, 403, 404}
+
+
+async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats, grid.Cell]]) -> None:
+    p = state.provider
+    budget = p.get("budget")
+    for stats, cell in items:
+        if state.fatal:
+            stats.missing += 1
+            continue
+        prompt = grid.build_prompt(config, cell)
+        key, request = cell_key(config, prompt)
+        if state.cache.get(key) is not None:
+            stats.cached += 1
+            stats.done += 1
+            continue
+        est_in = prompt_tokens_estimate(prompt.messages)
+        worst = cost_of(p, est_in, p["max_tokens"])
+        if budget is not None and (state.budget_reached or state.spent + state.reserved + worst > budget):
+            state.budget_reached = True
+            stats.missing += 1
+            continue
+        state.reserved += worst
+        stats.requested += 1
+        try:
+            answer = await _call_with_retries(
+                state, prompt.messages, est_in + p["max_tokens"], stats, sample=prompt.cell.round
+            )
+        except CallError as e:
+            if e.status in FATAL_STATUS and not state.fatal:
+                state.fatal = f"{e.reason} (provider {p['kind']}, model {p['model']})"
+            elif state.fatal and e.status is None and not e.retryable:
+                stats.missing += 1  # stopped by another worker's fatal answer, not a failure of this cell
+                continue
+            stats.failed.append((cell, e.reason))
+            continue
+        finally:
+            state.reserved -= worst
+        state.cache.put(key, request, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
+        state.spent += cost
+        stats.cost += cost
+        stats.prompt_tokens += answer.prompt_tokens
+        stats.completion_tokens += answer.completion_tokens
+        stats.done += 1
+
+
+async def _run(
+    config: dict, shards: list[ShardStats], matrix, cache: AnswerCache, client, progress: bool
+) -> RunState:
+    p = config["provider"]
+    state = RunState(provider=p, limits=Limits(p.get("rpm"), p.get("tpm")), cache=cache, client=client)
+
+    def items():
+        for stats in shards:
+            for cell in grid.iter_cells(config, stats.style, stats.round, matrix):
+                yield stats, cell
+
+    it = items()
+    bar = RunProgress(shards, state, progress)
+    ticker = asyncio.create_task(bar.run())
+    try:
+        await asyncio.gather(*(_work(state, config, it) for _ in range(p["concurrency"])))
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await client.aclose()
+    return state
+
+
+def write_shard(config: dict, stats: ShardStats, matrix, cache: AnswerCache) -> None:
+    """Stream the shard from the cache to a temp file, then rename it into place (never partial)."""
+    p = config["provider"]
+    provider_name = p.get("name") or p["kind"]
+    with atomic_path(stats.out_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("[")
+        first = True
+        for cell in grid.iter_cells(config, stats.style, stats.round, matrix):
+            prompt = grid.build_prompt(config, cell)
+            key, _ = cell_key(config, prompt)
+            hit = cache.get(key)
+            if hit is None:
+                raise ProviderError(f"{stats.out_path}: cell {cell} lost its cached answer; rerun generate")
+            record = {
+                "id": prompt.id,
+                "conversation": [
+                    {"system": config["system_prompt"], "input": prompt.input, "output": hit.text}
+                ],
+                "meta": {
+                    "recipient": cell.recipient,
+                    "scene": cell.scene,
+                    "style": cell.style,
+                    "round": cell.round,
+                    "provider": provider_name,
+                    "model": p["model"],
+                    "prompt": prompt.messages[-1]["content"],
+                    "usage": {"prompt_tokens": hit.prompt_tokens, "completion_tokens": hit.completion_tokens},
+                },
+            }
+            fh.write(("\n" if first else ",\n") + json.dumps(record, ensure_ascii=False))
+            first = False
+        fh.write("\n]\n")
+    stats.written = True
+
+
+@contextlib.contextmanager
+def _endpoint(config: dict, base_url: str | None):
+    """The base_url to call: the given one, the config's, or a freshly started offline teacher."""
+    if base_url or config["provider"]["kind"] != "offline":
+        yield base_url or config["provider"].get("base_url")
+        return
+    with running_teacher() as url:
+        yield url
+
+
+def generate_shards(
+    config: dict,
+    shards: list[tuple[str, int, str | Path]],
+    cache_path: str | Path,
+    *,
+    base_url: str | None = None,
+    progress: bool = True,
+) -> list[ShardStats]:
+    """Generate the given (style, round, out_path) shards in one pool of workers.
+
+    Writes each complete shard; raises ProviderError listing failed or missing cells if any shard is
+    incomplete (its answers so far stay in the cache, and no file is written for it).
+    """
+    p = config["provider"]
+    api_key = resolve_api_key(p)  # before any request, and before starting anything
+    for style, _, _ in shards:
+        if style not in config["styles"]:
+            raise ProviderError(f"style {style!r} is not in config styles ({', '.join(config['styles'])})")
+    matrix = grid.config_matrix(config)
+    stats = [ShardStats(style, int(r), Path(out)) for style, r, out in shards]
+    for s in stats:
+        s.cells = sum(1 for _ in grid.iter_cells(config, s.style, s.round, matrix))
+    for noisy in ("httpx", "httpx2", "openai", "zhipuai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with AnswerCache(cache_path) as cache:
+        with _endpoint(config, base_url) as url:
+            client = make_provider(p, api_key, url)
+            started = time.monotonic()
+            state = asyncio.run(_run(config, stats, matrix, cache, client, progress))
+            seconds = time.monotonic() - started
+        for s in stats:
+            if not s.failed and not s.missing and s.done == s.cells:
+                write_shard(config, s, matrix, cache)
+            elif s.out_path.exists():
+                # An older shard would pass for this run's output: incomplete means no file at all.
+                s.out_path.unlink()
+                log.warning("%s: removed the shard of an earlier run (this run is incomplete)", s.out_path)
+            log.info("%s", _summary(s, p, seconds))
+    _raise_if_incomplete(stats, state, p)
+    return stats
+
+
+def _raise_if_incomplete(stats: list[ShardStats], state: RunState, provider: dict) -> None:
+    incomplete = [s for s in stats if not s.written]
+    if not incomplete:
+        return
+    failed = [(s, cell, reason) for s in incomplete for cell, reason in s.failed]
+    for s, cell, reason in failed:
+        log.error("failed after all retries: %s %s × %s: %s", s.name, cell.recipient, cell.scene, reason)
+    missing = sum(s.missing for s in incomplete)
+    parts = []
+    if state.fatal:
+        parts.append(f"the provider refused the requests: {state.fatal}")
+    if failed:
+        shown = "; ".join(
+            f"{s.name} {c.recipient}×{c.scene} ({r})" for s, c, r in failed[:FAILED_CELLS_SHOWN]
+        )
+        more = (
+            f" and {len(failed) - FAILED_CELLS_SHOWN} more (see log)"
+            if len(failed) > FAILED_CELLS_SHOWN
+            else ""
+        )
+        parts.append(f"{len(failed)} cells failed after all retries: {shown}{more}")
+    if state.budget_reached:
+        parts.append(
+            f"budget {money(provider, provider['budget'])} reached after spending {money(provider, state.spent)}; "
+            f"{missing} cells not requested"
+        )
+    elif missing and not state.fatal:
+        parts.append(f"{missing} cells not requested")
+    names = ", ".join(s.name for s in incomplete)
+    raise ProviderError(
+        f"shards not written: {names}. " + ". ".join(parts) + ". Answers received are cached; "
+        "rerun to request only the missing cells"
+    )
+
+
+def generate_shard(
+    config: dict,
+    style: str,
+    round_: int,
+    out_path: str | Path,
+    cache_path: str | Path,
+    *,
+    base_url: str | None = None,
+) -> ShardStats:
+    """Generate one shard (the Snakemake rule's entry point)."""
+    return generate_shards(config, [(style, round_, out_path)], cache_path, base_url=base_url)[0]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_generate_arguments(parser) -> None:
+    add_shard_arguments(parser)
+    parser.add_argument(
+        "-o", "--out-dir", default="results/raw", help="shards go to DIR/<style>/round_<r>.json"
+    )
+    parser.add_argument(
+        "--base-url", help="call this endpoint instead of the config's (or the offline teacher)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the calls, tokens and cost; call nothing"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or periodic progress lines"
+    )
+
+
+def run_generate(args) -> int:
+    config = load_config(args.config)
+    selected = selected_shards(config, args.style, args.round)
+    cache_path = args.cache or config["cache"]
+    if args.dry_run:
+        print(format_estimate(config, estimate_shards(config, selected, cache_path)))
+        return 0
+    shards = [(s, r, shard_path(args.out_dir, s, r)) for s, r in selected]
+    generate_shards(config, shards, cache_path, base_url=args.base_url, progress=not args.no_progress)
+    return 0
