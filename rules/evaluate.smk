@@ -8,9 +8,7 @@ rule evaluate:
         base_model=rules.base_model.output.dir,
         merged=rules.merge_model.output.merged,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg(
-            "base_model", "profiles", "chat", "evaluate", "grid", "dataset", "cleaning"
-        ),
+        code=code("train", "model", "data"),
         keywords="resources/evaluation.yaml",
     output:
         generations="results/eval/generations.jsonl",

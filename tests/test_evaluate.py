@@ -5,8 +5,10 @@ import json
 import pytest
 
 from zhufu.config import load_config
+from zhufu.data.figures import loss_figure, read_scalars
 from zhufu.errors import ConfigError
-from zhufu.evaluate import (
+from zhufu.grid import cells, held_out, holdout_pairs, iter_cells, load_suitability
+from zhufu.model.evaluate import (
     bootstrap,
     distinct_n,
     evaluation_inputs,
@@ -16,9 +18,6 @@ from zhufu.evaluate import (
     table_markdown,
     write_results,
 )
-from zhufu.figures import loss_figure, read_scalars
-from zhufu.generate import iter_cells
-from zhufu.grid import cells, held_out, holdout_pairs, load_suitability
 
 CONFIG = load_config()
 MATRIX = load_suitability(CONFIG["grid"]["suitability"])

@@ -9,9 +9,9 @@ import pytest
 from conftest import BIN, ROOT, copy_project, run_cmd
 
 from zhufu.config import load_config
-from zhufu.dataset import clean_records
+from zhufu.data.clean import clean_records
 from zhufu.errors import DataError
-from zhufu.review import load_decisions, make_review_server, record_text
+from zhufu.model.review import load_decisions, make_review_server, record_text
 
 CONFIG = load_config()
 RECORDS = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))

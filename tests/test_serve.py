@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import ROOT
 
-from zhufu.base_model import build_tiny_model
-from zhufu.chat import load_chat_model, reply
 from zhufu.config import load_config
-from zhufu.figures import FONT_PATH
-from zhufu.serve import MAX_BODY_BYTES, make_server, page_html
+from zhufu.data.figures import FONT_PATH
+from zhufu.model.chat import load_chat_model, reply
+from zhufu.model.serve import MAX_BODY_BYTES, make_server, page_html
+from zhufu.train.base_model import build_tiny_model
 
 CONFIG = load_config()
 

@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from zhufu.figures import FONT_PATH
+from zhufu.data.figures import FONT_PATH
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def make_server(
     **reply_kwargs,
 ) -> ThreadingHTTPServer:
     """An HTTP server answering GET / (the page), GET /font.ttf, POST /api/chat and POST /api/stream."""
-    from zhufu.chat import reply, reply_stream
+    from zhufu.model.chat import reply, reply_stream
 
     lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
     waiting = threading.BoundedSemaphore(MAX_WAITING)
@@ -378,8 +378,8 @@ def add_serve_arguments(parser) -> None:
 
 
 def run_serve(args) -> int:
-    from zhufu.chat import load_chat_model
     from zhufu.config import load_config
+    from zhufu.model.chat import load_chat_model
 
     config = load_config(args.config)
     chat = load_chat_model(args.model, adapter=args.adapter)

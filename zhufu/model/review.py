@@ -218,7 +218,7 @@ fetch("/api/records").then((r) => r.json()).then((data) => {
 def make_review_server(
     merged: str | Path, report: str | Path, decisions_path: str | Path, host: str = "127.0.0.1", port: int = 0
 ) -> ThreadingHTTPServer:
-    from zhufu.figures import FONT_PATH
+    from zhufu.data.figures import FONT_PATH
 
     records = {r["id"]: r for r in read_json(merged)}
     lock = threading.Lock()

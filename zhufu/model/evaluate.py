@@ -33,14 +33,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from zhufu.config import ROOT
+from zhufu.config import RESOURCES, package_file
 from zhufu.errors import ConfigError
 from zhufu.io import read_json, write_json, write_jsonl, write_text
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.tianji import TIANJI_SYSTEM
 
 log = logging.getLogger(__name__)
 
-EVALUATION_RESOURCE = ROOT / "resources" / "evaluation.yaml"
+EVALUATION_RESOURCE = package_file(RESOURCES, "evaluation.yaml")
 METRICS = ("length_band", "emoji_band", "recipient", "scene", "record_rules", "distinct_1", "distinct_2")
 RATE_METRICS = METRICS[:5]
 # The record rules that judge the form of one answer; length, emoji and honorific are metrics of their own,
@@ -80,7 +80,7 @@ def keywords(path: str | os.PathLike = EVALUATION_RESOURCE) -> dict:
 
 def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
     """Held-out pairs × styles, then Tianji's inputs: {input, recipient, scene, style, source}."""
-    from zhufu.dataset import parse_input
+    from zhufu.data.importing import parse_input
     from zhufu.grid import Cell, cell_rng, held_out, training_input
 
     items = []
@@ -113,7 +113,8 @@ def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
 
 def score_answer(text: str, item: dict, config: dict, words: dict | None = None) -> dict[str, bool | None]:
     """The per-answer metrics of one answer (None: not applicable to this input)."""
-    from zhufu.cleaning import RuleContext, apply_record_rules, count_chars, count_emoji, rule_honorific
+    from zhufu.data.rules import RuleContext, apply_record_rules, rule_honorific
+    from zhufu.text import count_chars, count_emoji
 
     words = words or keywords()
     style = config["styles"].get(item.get("style") or "")
@@ -284,7 +285,7 @@ def table_html(groups: dict, title: str) -> str:
 
 def generate_answers(path, items: list[dict], config: dict, name: str, adapter=None) -> list[dict]:
     """Every input answered by one model: `samples` sampled answers each (or one greedy answer)."""
-    from zhufu.chat import load_chat_model, reply
+    from zhufu.model.chat import load_chat_model, reply
 
     ev = config["evaluate"]
     greedy = ev["decoding"] == "greedy"
