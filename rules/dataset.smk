@@ -4,7 +4,7 @@
 
 from pathlib import Path
 
-from zhufu.dataset import provenance_from_config, training_format
+from zhufu.dataset import min_training_samples, provenance_from_config, training_format
 
 # XTuner template and max_length of the configured training profile (zhufu/profiles.py), for check_format.
 FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
@@ -111,5 +111,6 @@ rule check_format:
     params:
         template=FORMAT_TEMPLATE,
         max_length=FORMAT_MAX_LENGTH,
+        min_samples=min_training_samples(TRAIN),
     script:
         "../scripts/check_format.py"

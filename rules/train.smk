@@ -50,6 +50,7 @@ rule train:
         config=rules.render_config.output.config,
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
+        format_check=rules.check_format.output.json,  # refuses an empty or nearly empty set first
         code=pkg("launcher"),
     output:
         last=maybe_protected(f"{WORK_DIR}/last_checkpoint"),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zhufu.config import ROOT
-from zhufu.errors import DataError
+from zhufu.errors import DataError, not_utf8
 from zhufu.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,11 @@ def import_records(
             {"system": t.get("system") or config["system_prompt"], "input": t["input"], "output": t["output"]}
             for t in conv
         ]
+        if not isinstance(row.get("meta") or {}, dict):
+            raise DataError(f"{source}: row {i}: 'meta' must be an object")
+        for key in ("style_name", "src_input", "id"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise DataError(f"{source}: row {i}: '{key}' must be a string")
         meta = dict(row.get("meta") or {})
         parsed = parse_input(turns[0]["input"], config)
         if row.get("style_name") in config["styles"]:
@@ -179,12 +184,18 @@ def read_rows(path: str | Path) -> Any:
                 lines = list(fh)
         except FileNotFoundError:
             raise DataError(f"{p}: file not found") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: {not_utf8(e)}") from None
+        except OSError as e:
+            raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise DataError(f"{p}, line {lineno}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise DataError(f"{p}, line {lineno}: not usable JSON (nested too deeply)") from None
         return rows
     return read_json(p)
 
@@ -382,11 +393,18 @@ def clean(
 
 
 def check_format(
-    train: str | Path, tokenizer_dir: str | Path, out: str | Path, template: str, max_length: int
+    train: str | Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    template: str,
+    max_length: int,
+    min_samples: int = 1,
 ) -> dict:
     """Run train.json through XTuner's process_hf_dataset (as training will) and count truncated samples.
 
     A sample is truncated when its full encoding (same template, no length limit) is longer than max_length.
+    A set with fewer than `min_samples` samples after XTuner's processing is refused (DataError, nothing
+    written), so the train rule, which waits for this check, never starts on an empty or nearly empty set.
     """
     import os
 
@@ -396,8 +414,10 @@ def check_format(
             f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)"
         )
     rows = read_json(train)
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{train}: expected a non-empty JSON list of {{'conversation': [...]}} rows")
+    if not isinstance(rows, list):
+        raise DataError(f"{train}: expected a JSON list of {{'conversation': [...]}} rows")
+    if len(rows) < min_samples:
+        raise DataError(_too_few(train, len(rows), "rows", min_samples))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -428,6 +448,8 @@ def check_format(
         full = processed(10**9)
     except Exception as e:  # XTuner's failure is the finding: say which file and why, one line
         raise DataError(f"{train}: XTuner's process_hf_dataset failed ({type(e).__name__}: {e})") from e
+    if len(limited) < min_samples:
+        raise DataError(_too_few(train, len(limited), "samples after XTuner's processing", min_samples))
     lengths = sorted(len(x) for x in full["input_ids"])
     truncated = sum(1 for n in lengths if n > max_length)
     result = {
@@ -447,6 +469,20 @@ def check_format(
     write_json(out, result)
     log.info("%s: %d samples, %d truncated at max_length %d", train, len(limited), truncated, max_length)
     return result
+
+
+def _too_few(train: str | Path, n: int, what: str, needed: int) -> str:
+    return (
+        f"{train}: {n} {what}; training needs at least {needed} (train.overrides.min_samples, and one "
+        f"optimiser step of batch_size × accumulative_counts × nproc_per_node); the cleaning report beside "
+        f"it lists what was dropped"
+    )
+
+
+def min_training_samples(profile: dict) -> int:
+    """The fewest samples a resolved training profile accepts: min_samples, and one optimiser step."""
+    step = profile["batch_size"] * profile["accumulative_counts"] * profile["nproc_per_node"]
+    return max(profile["min_samples"], step)
 
 
 # ---------------------------------------------------------------- CLI
@@ -574,8 +610,25 @@ def add_check_format_arguments(parser) -> None:
     parser.add_argument("--tokenizer", default="results/base_model", help="model dir with the tokenizer")
     parser.add_argument("-o", "--output", default="results/data/format_check.json")
     parser.add_argument("--template", help="XTuner prompt template (default: the training profile's)")
-    parser.add_argument("--max-length", type=int, help="(default: the training profile's)")
+    parser.add_argument("--max-length", type=_positive_int, help="(default: the training profile's)")
+    parser.add_argument(
+        "--min-samples",
+        type=_positive_int,
+        help="refuse fewer samples than this (default: the training profile's min_samples and one step)",
+    )
     parser.add_argument("--config", help="config whose training profile applies (default config.yaml)")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def training_format(config: dict) -> tuple[str, int]:
@@ -588,11 +641,16 @@ def training_format(config: dict) -> tuple[str, int]:
 
 
 def run_check_format(args) -> int:
-    template, max_length = args.template, args.max_length
-    if template is None or max_length is None:
-        t, m = training_format(_config(args))
-        template, max_length = template or t, max_length or m
-    result = check_format(args.train, args.tokenizer, args.output, template, max_length)
+    from zhufu.profiles import resolve_profile
+
+    template, max_length, min_samples = args.template, args.max_length, args.min_samples
+    if template is None or max_length is None or min_samples is None:
+        config = _config(args)
+        profile = resolve_profile(config["train"]["profile"], config["train"].get("overrides"))
+        template = template or profile["prompt_template"]
+        max_length = max_length or profile["max_length"]
+        min_samples = min_samples or min_training_samples(profile)
+    result = check_format(args.train, args.tokenizer, args.output, template, max_length, min_samples)
     print(
         f"{args.output}: {result['samples']} samples, {result['truncated']} truncated at {max_length} tokens"
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from zhufu.config import ROOT
-from zhufu.errors import ConfigError, ProviderError
+from zhufu.errors import ConfigError, ProviderError, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ CHAT_PATHS = {"/v1/chat/completions", "/chat/completions", "/api/paas/v4/chat/co
 STATS_PATHS = {"/zhufu/stats", "/v1/zhufu/stats"}
 MODELS_PATHS = {"/v1/models", "/models", "/api/paas/v4/models"}
 DEFAULT_MAX_CHARS = 50
+MAX_CHARS_CAP = 2000  # a longer limit asked for in a prompt is read as this one
+# The HTTP API refuses a body over this size (413), and gives up on a client that sends nothing for
+# REQUEST_TIMEOUT_S seconds (a short body, a stalled or slow client): no request can hold a thread forever.
+MAX_BODY_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 15.0
 WISH_WORDS = ("愿你", "祝你", "愿您", "祝您")
 PARTICLES = "呀哦呢啦哟鸭吧嘛"
 # Pictographs, dingbats and symbols: what a reader counts as an emoji.
@@ -66,11 +71,26 @@ def load_phrases(path: str | Path = DEFAULT_PHRASES) -> dict:
         ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: {not_utf8(e)}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
     if not isinstance(bank, dict):
         raise ConfigError(f"{p}: expected a mapping with categories, recipients, scenes, styles, general")
     for key in ("categories", "recipients", "scenes", "styles", "general"):
         if not isinstance(bank.get(key), dict) or not bank[key]:
             raise ConfigError(f"{p}: key '{key}' is missing or empty")
+        for name, entry in bank[key].items():
+            if key == "general":
+                ok = isinstance(entry, list) and all(isinstance(x, str) for x in entry)
+                if not ok:
+                    raise ConfigError(f"{p}: general.{name} must be a list of phrases")
+                continue
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{p}: {key}.{name} must be a mapping")
+            for field, value in entry.items():
+                if isinstance(value, list) and not all(isinstance(x, str) for x in value):
+                    raise ConfigError(f"{p}: {key}.{name}.{field} must be a list of strings")
     for name, cat in bank["categories"].items():
         if not cat.get("wish"):
             raise ConfigError(f"{p}: categories.{name}.wish must list at least one phrase")
@@ -138,10 +158,11 @@ def parse_prompt(text: str, bank: dict) -> Ask:
             scene = next(
                 (s for s, v in bank["scenes"].items() if any(k in text for k in v.get("keywords", []))), ""
             )
-    m = re.search(r"(?:少于|不超过|不多于|不要超过|最多|控制在)\s*(\d+)\s*个?字", text) or re.search(
-        r"(\d+)\s*个?字以内", text
+    # (?<!\d): a run of digits is tried once from its start, not from every digit (quadratic on a long run)
+    m = re.search(r"(?:少于|不超过|不多于|不要超过|最多|控制在)\s*(\d{1,6})\s*个?字", text) or re.search(
+        r"(?<!\d)(\d{1,6})\s*个?字以内", text
     )
-    max_chars = int(m.group(1)) if m else DEFAULT_MAX_CHARS
+    max_chars = min(int(m.group(1)), MAX_CHARS_CAP) if m else DEFAULT_MAX_CHARS
     rules = [s for s in re.split(r"[。；\n]", text) if "不要" in s or "不能" in s or "避免" in s]
     return Ask(
         recipient=recipient,
@@ -552,8 +573,15 @@ def _check_body(body: object) -> dict:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise _BadRequest(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
     n = body.get("n", 1)
-    if not isinstance(n, int) or not 1 <= n <= 16:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
         raise _BadRequest("'n' must be an integer from 1 to 16", "n")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise _BadRequest("'model' must be a string", "model")
     return body
 
 
@@ -595,8 +623,17 @@ class TeacherServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], phrases: str | Path = DEFAULT_PHRASES):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        phrases: str | Path = DEFAULT_PHRASES,
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ):
         self.bank = load_phrases(str(phrases))
+        self.request_timeout_s = request_timeout_s
+        self.max_body_bytes = max_body_bytes
         self.request_count = 0
         self.completion_count = 0
         self.error_count = 0
@@ -627,14 +664,23 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait 40 ms between them
     server_version = "zhufu-offline-teacher"
 
+    def setup(self) -> None:
+        self.timeout = (
+            self.server.request_timeout_s
+        )  # the socket's timeout: headers, body and idle keep-alive
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send_json(self, status: int, payload: dict) -> None:
+    def _send_json(self, status: int, payload: dict, *, close: bool = False) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if close:  # the body was not read: the connection can't carry another request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -651,26 +697,73 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, _error(f"no such endpoint: GET {path}", "not_found_error", code="not_found"))
 
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self.server.count("error_count")
+        self._send_json(status, _error(message, "invalid_request_error", code=code), close=True)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering why it can't be read (length, size, type, timeout)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(411, "chunked bodies are not accepted; send Content-Length", "length_required")
+            return None
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            self._refuse(411, "Content-Length is required", "length_required")
+            return None
+        if not raw_length.strip().isdigit():
+            self._refuse(400, "Content-Length must be a non-negative integer", "bad_length")
+            return None
+        length = int(raw_length)
+        if length > self.server.max_body_bytes:
+            self._refuse(
+                413, f"the body is {length} bytes; at most {self.server.max_body_bytes}", "too_large"
+            )
+            return None
+        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            self._refuse(415, "Content-Type must be application/json", "unsupported_media_type")
+            return None
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            raw = b""
+        if len(raw) < length:
+            self._refuse(
+                408,
+                f"the body ended after {len(raw)} of {length} bytes (Content-Length) or arrived too slowly",
+                "timeout",
+            )
+            return None
+        return raw
+
     def do_POST(self) -> None:
         path = self._path()
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
         if path not in CHAT_PATHS:
             self._send_json(
-                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found")
+                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found"), close=True
             )
             return
         self.server.count("request_count")
+        raw = self._read_body()
+        if raw is None:
+            return
         try:
             try:
                 body = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise _BadRequest(f"the request body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise _BadRequest("the request body is nested too deeply") from None
             body = _check_body(body)
             payload = completion(body, self.server.bank)
         except _BadRequest as e:
             self.server.count("error_count")
             self._send_json(400, _error(str(e), "invalid_request_error", e.param))
+            return
+        except Exception:  # a request the composer can't handle is that request's 500, not the server's end
+            log.exception("offline teacher: request failed")
+            self.server.count("error_count")
+            self._send_json(500, _error("the teacher failed on this request", "server_error"), close=True)
             return
         self.server.count("completion_count")
         if body.get("stream"):
