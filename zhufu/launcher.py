@@ -544,6 +544,14 @@ def merge_model(
 # CLI
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def add_train_arguments(parser) -> None:
     parser.add_argument(
         "config", nargs="?", default="results/train/xtuner_config.py", help="rendered XTuner config"
@@ -552,11 +560,11 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--deepspeed", help="deepspeed_zero1/2/3(_offload) or a JSON file (GPU only)")
     parser.add_argument(
         "--nproc-per-node",
-        type=int,
+        type=_positive_int,
         default=1,
         help="processes (GPUs) per node; >1 uses torch.distributed.run",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (OMP_NUM_THREADS)")
     parser.add_argument(
         "--no-resume", action="store_true", help="start over (old checkpoints are moved aside)"
     )

@@ -723,10 +723,17 @@ class _Handler(BaseHTTPRequestHandler):
         if ctype != "application/json":
             self._refuse(415, "Content-Type must be application/json", "unsupported_media_type")
             return None
-        try:
-            raw = self.rfile.read(length)
-        except TimeoutError:
-            raw = b""
+        chunks, got = [], 0
+        while got < length:
+            try:
+                chunk = self.rfile.read1(length - got)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        raw = b"".join(chunks)
         if len(raw) < length:
             self._refuse(
                 408,
@@ -837,10 +844,18 @@ def teacher_stats(base_url: str, timeout: float = 5.0) -> dict:
 # CLI: zhufu serve-teacher
 
 
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, not {text!r}")
+    return int(text)
+
+
 def add_serve_teacher_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
+        "--port", type=_port, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
     )
     parser.add_argument(
         "--phrases", default=str(DEFAULT_PHRASES), help="phrase bank YAML (default: %(default)s)"
