@@ -192,12 +192,6 @@ def test_broken_suitability_csvs_are_one_line(tmp_path, data, message):
         load_suitability(path)
 
 
-def test_an_excel_utf8_bom_is_accepted(tmp_path):
-    path = tmp_path / "s.csv"
-    path.write_bytes("\ufeff对象,生日\n姐姐,0\n".encode())
-    assert load_suitability(path) == {("姐姐", "生日"): False}
-
-
 def test_the_clean_cli_names_a_gbk_suitability_csv(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     (tmp_path / "s.csv").write_bytes(GBK_CSV)

@@ -665,9 +665,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "zhufu-offline-teacher"
 
     def setup(self) -> None:
-        self.timeout = (
-            self.server.request_timeout_s
-        )  # the socket's timeout: headers, body and idle keep-alive
+        # the socket's timeout: for the headers, the body and an idle keep-alive connection
+        self.timeout = self.server.request_timeout_s
         super().setup()
 
     def log_message(self, format: str, *args) -> None:
