@@ -6,6 +6,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report results/report.html` (or `make report`): the outputs marked report() in rules/,
+# with their captions from report/.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/generate.smk"
 include: "rules/dataset.smk"
@@ -20,6 +25,7 @@ localrules:
     merge,
     render_config,
     figures,
+    loss_figure,
 
 
 rule all:
@@ -30,3 +36,4 @@ rule all:
         rules.figures.output,
         rules.merge_model.output,
         rules.evaluate.output,
+        rules.loss_figure.output,

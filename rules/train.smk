@@ -98,3 +98,24 @@ rule train:
         nproc_per_node=TRAIN["nproc_per_node"],
     script:
         "../scripts/train.py"
+
+
+rule loss_figure:
+    input:
+        last=rules.train.output.last,
+        code=code("data"),
+        font="resources/fonts/WenQuanYiMicroHei.ttf",
+    output:
+        png=report(
+            "results/figures/loss.png",
+            caption="../report/loss.rst",
+            category="2. Training",
+        ),
+    log:
+        "logs/loss_figure.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        work_dir=lambda wc, input: os.path.dirname(input.last),
+    script:
+        "../scripts/loss_figure.py"

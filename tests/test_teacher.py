@@ -176,8 +176,10 @@ def test_serious_answers_are_longer_than_normal_ones(client, config):
 def test_injected_rules_are_obeyed(client, config):
     """No 称谓/场景 and no 愿你/祝你 when the prompt's injection forbids them."""
     strict = copy.deepcopy(config)
-    strict["injections"] = [config["injections"][1]]
-    assert "不要出现对象称谓和场景名称" in strict["injections"][0] and "愿你" in strict["injections"][0]
+    # Tianji's strictest injection (the default config no longer draws it: see config.yaml)
+    strict["injections"] = [
+        "回答里不要出现对象称谓和场景名称，也不要用“愿你”“祝你”（给自家长辈的祝福可以保留称谓和“祝你”）。"
+    ]
     bank = teacher.load_phrases()
     for style in config["styles"]:
         for prompt in grid_prompts(strict, style, rounds=1):
@@ -246,7 +248,7 @@ def test_same_request_same_answer_and_seed_or_temperature_change_it(client, conf
 def test_cells_get_varied_answers(client, config):
     """At least 80% distinct answers over the default grid's 小红书 cells (both rounds)."""
     texts = [ask(client, p.messages, temperature=1.0) for p in grid_prompts(config, "小红书")]
-    assert len(texts) == 86
+    assert len(texts) == 68  # (43 suitable pairs − 9 held out for the evaluation) × 2 rounds
     assert len(set(texts)) >= 0.8 * len(texts), len(set(texts))
     # ...and the variety is in the wording, not just the names: openings differ too.
     assert len({t[:6] for t in texts}) >= 0.5 * len(texts)

@@ -23,6 +23,9 @@ CONTRACT = [
     "results/model/merged/config.json",
     "results/eval/generations.jsonl",
     "results/eval/metrics.json",
+    "results/eval/table.md",
+    "results/eval/table.html",
+    "results/figures/loss.png",
 ]
 
 
@@ -96,12 +99,52 @@ def test_evaluation_compares_base_and_tuned(run):
         json.loads(line)
         for line in (run / "results/eval/generations.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    models = {r["model"] for r in rows}
-    assert models == {"base", "tuned"}
-    tuned = {r["input"]: r["output"] for r in rows if r["model"] == "tuned"}
-    base = {r["input"]: r["output"] for r in rows if r["model"] == "base"}
+    assert {r["model"] for r in rows} == {"base", "tuned"}
+    for model in ("base", "tuned"):
+        assert sum(r["model"] == model for r in rows) >= 60
+    tuned = {(r["input"], r["sample"]): r["output"] for r in rows if r["model"] == "tuned"}
+    base = {(r["input"], r["sample"]): r["output"] for r in rows if r["model"] == "base"}
     assert tuned.keys() == base.keys()
     assert sum(tuned[k] != base[k] for k in tuned) >= len(tuned) // 2
+    metrics = json.loads((run / "results/eval/metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all"}
+    assert metrics["groups"]["all"]["record_rules"]["tuned"]["ci"] is not None
+    assert "| all | length_band |" in (run / "results/eval/table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_opens_in_chromium_with_every_section(run, tmp_path):
+    """`snakemake --report`: one HTML file; opened in Chromium it lists the card, the figures, the loss curve and
+    the evaluation table. The screenshot is kept as results/report.png (and in the test's tmp folder)."""
+    from playwright.sync_api import sync_playwright
+
+    result = snakemake(run, "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = run / "results/report.html"
+    assert report.stat().st_size > 10_000
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report.as_uri())
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(1500)
+        text = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        for category in ("1. Data", "2. Training", "3. Evaluation"):  # each lists its files when opened
+            page.get_by_text(category, exact=True).first.click()
+            page.wait_for_timeout(800)
+            text += page.inner_text("body")
+            page.get_by_text("Results", exact=True).first.click()
+            page.wait_for_timeout(500)
+        browser.close()
+    shutil.copy(tmp_path / "report.png", run / "results/report.png")
+    for name in ("dataset_card.md", "suitability.png", "lengths.png", "cells.png", "loss.png", "table.html"):
+        assert name in text, name
+    for category in ("1. Data", "2. Training", "3. Evaluation"):
+        assert category in text, category
+    assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_second_run_does_nothing(run):

@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("zhufu.model.evaluate", "answer the evaluation inputs with the base and the tuned model"),
     "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
     "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "review": (
+        "zhufu.model.review",
+        "review the cleaned records in a local web page; decisions feed `clean`",
+    ),
 }
 
 
