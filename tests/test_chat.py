@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import BIN, run_cmd
+from helpers import BIN, run_cmd
 
 from zhufu.base_model import build_tiny_model
 from zhufu.chat import build_prompt

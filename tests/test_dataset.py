@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project, run_cmd
+from helpers import ROOT, copy_project, run_cmd
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SUITABILITY = """recipient,生日,春节,中秋节,谈判顺利,工作升职,康复

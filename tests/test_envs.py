@@ -4,7 +4,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 LOCK = {
     m.group(1).lower().replace("_", "-"): m.group(2)

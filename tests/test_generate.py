@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
 from faultserver import FaultServer
 from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
+from helpers import ROOT
 
 from zhufu import grid
 from zhufu.errors import ProviderError

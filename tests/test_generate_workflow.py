@@ -6,7 +6,7 @@ import shutil
 import sqlite3
 
 import pytest
-from conftest import run_cmd
+from helpers import run_cmd
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from zhufu.base_model import build_tiny_model
 from zhufu.chat import load_chat_model, reply

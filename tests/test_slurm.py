@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, copy_project
+from helpers import BIN, ROOT, copy_project
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

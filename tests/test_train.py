@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, run_cmd
+from helpers import BIN, ROOT, run_cmd
 
 from zhufu.base_model import build_tiny_model, check_model_dir, prepare_base_model
 from zhufu.errors import ModelError

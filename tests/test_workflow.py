@@ -5,7 +5,7 @@ import re
 import shutil
 
 import pytest
-from conftest import BIN, copy_project, run_cmd
+from helpers import BIN, copy_project, run_cmd
 
 pytestmark = pytest.mark.slow
 

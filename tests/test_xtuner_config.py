@@ -3,7 +3,7 @@
 import ast
 
 import pytest
-from conftest import ROOT, run_cmd
+from helpers import ROOT, run_cmd
 
 from zhufu.errors import ConfigError
 from zhufu.profiles import PROFILES, TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM, resolve_profile
