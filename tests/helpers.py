@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# Tianji's system prompt, written out here so that tests do not take it from the code they test.
+TIANJI_SYSTEM = "你现在是一个送祝福大师，帮我针对不同人和事情、节日送对应的祝福"
 
 
 def tracked_files() -> list[str]:
@@ -35,3 +37,36 @@ def copy_project(dest: Path) -> Path:
 def run_cmd(args, cwd, timeout=600, env=None, **kw):
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
+
+
+def cuda_available() -> bool:
+    """Whether this machine has a usable CUDA device, asked of torch directly (not of zhufu's own check)."""
+    import torch  # heavy: only the tests whose expectations depend on the machine import it
+
+    return torch.cuda.is_available()
+
+
+def greedy_answer(model_dir: Path, text: str, *, system: str, max_new_tokens: int) -> str:
+    """What a model answers to one request, written here with plain transformers as the tests' oracle.
+
+    The chat template with a system and a user turn, greedy decoding that stops at <|im_end|> or
+    <|endoftext|>, the new tokens decoded without special tokens and stripped.
+    """
+    import torch  # heavy: imported only by the tests that generate
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).to(device).eval()
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": text}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    stops = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    with torch.no_grad():
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=stops[-1]
+        )
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -7,10 +7,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, TIANJI_SYSTEM, greedy_answer
 
 from zhufu.base_model import build_tiny_model
-from zhufu.chat import load_chat_model, reply
+from zhufu.chat import load_chat_model
 from zhufu.serve import make_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,7 +40,7 @@ def server(tmp_path_factory):
     srv = make_server(chat, "127.0.0.1", 0, label="tiny", max_new_tokens=12)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield chat, f"http://127.0.0.1:{srv.server_address[1]}"
+    yield model_dir, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
 
@@ -54,11 +54,22 @@ def post(url, body: bytes):
         return e.code, json.loads(e.read())
 
 
+def expected_answer(model_dir, text: str) -> str:
+    """The model's greedy answer, worked out without zhufu (the server's settings: Tianji's system
+    prompt, 12 new tokens); never empty, or the comparison would prove nothing."""
+    answer = greedy_answer(model_dir, text, system=TIANJI_SYSTEM, max_new_tokens=12)
+    assert answer, "the oracle's answer is empty"
+    return answer
+
+
 def test_api_answers_like_chat(server):
-    chat, url = server
+    model_dir, url = server
     status, body = post(f"{url}/api/chat", json.dumps({"text": "祝姐姐生日快乐，小红书风格"}).encode())
     assert status == 200
-    assert body["output"] == reply(chat, "祝姐姐生日快乐，小红书风格", max_new_tokens=12)
+    assert body == {
+        "input": "祝姐姐生日快乐，小红书风格",
+        "output": expected_answer(model_dir, "祝姐姐生日快乐，小红书风格"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -80,8 +91,8 @@ def test_api_rejects_bad_requests_with_a_message(server, body, message):
 def test_page_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    chat, url = server
-    expected = reply(chat, "祝妹妹谈判顺利，小红书风格", max_new_tokens=12)
+    model_dir, url = server
+    expected = expected_answer(model_dir, "祝妹妹谈判顺利，小红书风格")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page()
