@@ -11,6 +11,10 @@ import yaml
 from helpers import ROOT, copy_project, run_cmd
 
 FIXTURES = ROOT / "tests" / "fixtures"
+CLEANING_RULES = [
+    "system_prompt", "suitability", "refusal", "meta_answer", "wrapping_quotes", "leading_punctuation",
+    "list_items", "chinese_ratio", "char_repetition", "honorific", "length", "emoji", "exact_dedup", "near_dedup",
+]  # fmt: skip
 SUITABILITY = """recipient,生日,春节,中秋节,谈判顺利,工作升职,康复
 姐姐,1,1,1,1,1,1
 妹妹,1,1,1,1,1,1
@@ -171,7 +175,8 @@ def test_every_fixture_record_gets_its_pinned_verdict(cleaned):
                     records[rid]["conversation"][0]["output"],
                     records[rid]["conversation"][0]["system"],
                 )
-    # every rule of issue 4 is exercised by the fixture
+    # every rule of issue 4 is reported, and exercised by the fixture
+    assert set(report["rules"]) == set(CLEANING_RULES)
     for name, counts in report["rules"].items():
         assert counts["dropped"] + counts["modified"] > 0, f"the fixture never triggers {name}"
         assert counts["dropped"] == sum(1 for d in report["dropped"] if d["rule"] == name)
@@ -183,7 +188,8 @@ def test_train_json_is_conversation_only_with_inputs_untouched(cleaned):
     records = {r["id"]: r for r in json.loads((FIXTURES / "dirty.json").read_text())}
     report = json.loads((cleaned / "report.json").read_text())
     train = json.loads((cleaned / "train.json").read_text())
-    assert len(train) == report["rows_out"]
+    expected = json.loads((FIXTURES / "dirty_expected.json").read_text())
+    assert len(train) == report["rows_out"] == sum(e["verdict"] != "drop" for e in expected.values()) > 0
     for row, kept in zip(train, report["kept"], strict=True):
         assert list(row) == ["conversation"]
         turn = row["conversation"][0]
