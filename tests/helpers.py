@@ -39,11 +39,13 @@ def run_cmd(args, cwd, timeout=600, env=None, **kw):
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
 
 
-def cuda_available() -> bool:
-    """Whether this machine has a usable CUDA device, asked of torch directly (not of zhufu's own check)."""
-    import torch  # heavy: only the tests whose expectations depend on the machine import it
-
-    return torch.cuda.is_available()
+def cuda_available(env: dict[str, str] | None = None) -> bool:
+    """Whether torch sees a usable CUDA device in a child process with `env` added to the environment
+    (e.g. the CUDA_VISIBLE_DEVICES a test gives its command), asked of torch, not of zhufu's own check."""
+    code = "import torch; print(torch.cuda.is_available())"
+    result = run_cmd([sys.executable, "-c", code], cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip() == "True"
 
 
 def greedy_answer(model_dir: Path, text: str, *, system: str, max_new_tokens: int) -> str:

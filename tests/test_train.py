@@ -304,7 +304,7 @@ def test_cpu_chain_trains_converts_and_merges(chain):
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
     out = trained.stdout + trained.stderr
     assert iterations_logged(out)[-1] == 20
-    if cuda_available():  # device 0 is real: it is used, and nothing is ignored
+    if cuda_available({"CUDA_VISIBLE_DEVICES": "0"}):  # device 0 is real: it is used, nothing is ignored
         assert re.search(r"running on cuda: ", out) and "ignoring CUDA_VISIBLE_DEVICES" not in out
     else:  # a GPU-less node that SLURM gave --gpus=1: the variable names no device and is dropped
         assert re.search(r"running on cpu: ", out)
