@@ -4,7 +4,7 @@
 
 import re  # noqa: E402
 
-from zhufu.generate import shard_config  # noqa: E402
+from zhufu.generate.run import shard_config  # noqa: E402
 
 
 wildcard_constraints:
@@ -15,7 +15,7 @@ wildcard_constraints:
 rule generate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "generate", "cache", "providers", "limits", "teacher"),
+        code=code("generate", "teacher"),
     output:
         shard="results/raw/{style}/round_{round}.json",
     log:

@@ -7,8 +7,8 @@ import zipfile
 import pytest
 
 from zhufu.errors import ModelError
-from zhufu.launcher import checkpoints, last_checkpoint, latest_complete_checkpoint, run_fingerprint
-from zhufu.xtuner_config import write_config
+from zhufu.train.checkpoints import checkpoints, last_checkpoint, latest_complete_checkpoint, run_fingerprint
+from zhufu.train.xtuner_config import write_config
 
 
 def complete(path):

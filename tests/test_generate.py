@@ -18,7 +18,9 @@ from helpers import ROOT
 
 from zhufu import grid
 from zhufu.errors import ProviderError
-from zhufu.generate import estimate_shards, generate_shards, iter_cells, shard_config
+from zhufu.generate.estimate import estimate_shards
+from zhufu.generate.run import generate_shards, shard_config
+from zhufu.grid import iter_cells
 
 
 @pytest.fixture(autouse=True)
@@ -270,7 +272,7 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
 
 
 def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
-    from zhufu.limits import backoff_delay
+    from zhufu.generate.limits import backoff_delay
 
     delays = [backoff_delay(8, base=1.0, cap=5.0) for _ in range(200)]
     assert max(delays) <= 5.0 and len(set(delays)) > 100
@@ -282,7 +284,7 @@ def test_tpm_limit_accepts_a_request_larger_than_its_bucket():
     raising or waiting forever; the next request then waits for the bucket to drain."""
     import asyncio
 
-    from zhufu.limits import Limits
+    from zhufu.generate.limits import Limits
 
     async def go() -> tuple[float, float]:
         limits = Limits(rpm=6000, tpm=6000)  # a 1000-token bucket that drains at 100 tokens/s

@@ -10,8 +10,8 @@ from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, wri
 from helpers import ROOT, run_cmd
 
 from zhufu.errors import ProviderError
-from zhufu.generate import generate_shards
-from zhufu.providers import parse_retry_after, provider_identity, resolve_api_key
+from zhufu.generate.providers import parse_retry_after, provider_identity, resolve_api_key
+from zhufu.generate.run import generate_shards
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ import pytest
 import yaml
 from helpers import BIN, ROOT, cuda_available, run_cmd
 
-from zhufu.base_model import build_tiny_model, check_model_dir, prepare_base_model
 from zhufu.errors import ModelError
-from zhufu.profiles import TIANJI_SYSTEM
-from zhufu.xtuner_config import write_config
+from zhufu.tianji import TIANJI_SYSTEM
+from zhufu.train.base_model import build_tiny_model, check_model_dir, prepare_base_model
+from zhufu.train.xtuner_config import write_config
 
 ZHUFU = str(BIN / "zhufu")
 RECIPIENTS = ["姐姐", "妹妹", "弟弟", "爷爷", "领导", "同事"]

@@ -1,0 +1,274 @@
+"""Clean merged records with the rules configured under `clean:`: train.json (no meta), a report of every
+dropped and modified record with per-rule counts, and (zhufu.data.card) the dataset card.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zhufu.config import load_config
+from zhufu.data.card import provenance_from_config, write_card
+from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
+from zhufu.data.records import validate_records
+from zhufu.data.rules import ALL_RULES, record_verdicts, rewritten_input, rule_set_rules
+from zhufu.grid import load_suitability
+from zhufu.io import read_json, write_json
+from zhufu.text import count_chars
+
+log = logging.getLogger(__name__)
+
+
+def _rule_meta(meta: dict) -> dict:
+    keys = ("recipient", "scene", "style", "rule_set")
+    return {k: meta.get(k) for k in keys}
+
+
+def rules_by_set(records: list[dict], rules: dict) -> dict:
+    """None (records of no rule set) and each rule set the records name -> its rules."""
+    by_set = {None: rules}
+    for r in records:
+        name = r["meta"].get("rule_set")
+        if name not in by_set:
+            by_set[name] = rule_set_rules(rules, name)
+    return by_set
+
+
+@dataclass
+class Changes:
+    """What the rules did, for the report: per-rule counts, every dropped and every modified record."""
+
+    counts: dict = field(default_factory=lambda: {name: {"dropped": 0, "modified": 0} for name in ALL_RULES})
+    dropped: list[dict] = field(default_factory=list)
+    modified: list[dict] = field(default_factory=list)
+
+    def drop(self, record: dict, rule: str, detail: str, **extra) -> None:
+        self.counts[rule]["dropped"] += 1
+        text = "\n".join(t["output"] for t in record["conversation"])
+        self.dropped.append({"id": record["id"], "rule": rule, "detail": detail, "text": text, **extra})
+
+    def modify(self, record: dict, rule: str, before: str, after: str, turn: int) -> None:
+        self.counts[rule]["modified"] += 1
+        entry = {
+            "id": record["id"],
+            "rule": rule,
+            "field": {"system_prompt": "system", "input_rewrite": "input"}.get(rule, "output"),
+            "before": before,
+            "after": after,
+        }
+        if len(record["conversation"]) > 1:
+            entry["turn"] = turn
+        self.modified.append(entry)
+
+
+def clean_records(
+    records: list[dict],
+    rules: dict,
+    styles: dict,
+    system_prompt: str | None,
+    matrix: dict | None,
+    workers: int | None = None,
+) -> tuple[list[dict], dict]:
+    """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
+    changes = Changes()
+    by_set = rules_by_set(records, rules)
+    survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes)
+    gone = drop_duplicates(survivors, rules, changes, by_set)
+    kept = [r for i, r in enumerate(survivors) if i not in gone]
+    order = {r["id"]: n for n, r in enumerate(records)}
+    changes.dropped.sort(key=lambda d: order[d["id"]])
+    return kept, _report(records, kept, rules, changes, by_set)
+
+
+def apply_record_rules(
+    records: list[dict],
+    rules: dict,
+    styles: dict,
+    system_prompt: str | None,
+    matrix: dict | None,
+    workers: int | None,
+    changes: Changes,
+) -> list[dict]:
+    """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
+    record gets the rules of its rule set (meta.rule_set), if it names one."""
+    by_set = rules_by_set(records, rules)
+    items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
+    verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
+    survivors: list[dict] = []
+    for record in records:
+        turns = [dict(t) for t in record["conversation"]]
+        pending: list[tuple[str, str, str, int]] = []
+        verdict_drop = None
+        own = by_set[record["meta"].get("rule_set")]
+        for k, turn in enumerate(turns):
+            verdict = next(verdicts)
+            if verdict_drop:
+                continue
+            if own["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
+                pending.append(("system_prompt", turn["system"], system_prompt, k))
+                turn["system"] = system_prompt
+            if k == 0 and own["input_rewrite"]["enabled"]:
+                new_input = rewritten_input(record["id"], record["meta"], own["input_rewrite"])
+                if new_input is not None and new_input != turn["input"]:
+                    pending.append(("input_rewrite", turn["input"], new_input, k))
+                    turn["input"] = new_input
+            pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
+            turn["output"] = verdict.text
+            verdict_drop = verdict.dropped
+        if verdict_drop:
+            changes.drop(record, *verdict_drop)
+            continue
+        for rule, before, after, k in pending:
+            changes.modify(record, rule, before, after, k)
+        survivors.append({**record, "conversation": turns})
+    return survivors
+
+
+def drop_duplicates(
+    survivors: list[dict], rules: dict, changes: Changes, by_set: dict | None = None
+) -> set[int]:
+    """Indexes of the survivors that the set rules (exact_dedup, then near_dedup) drop. A record whose rule
+    set turns a set rule off takes no part in it."""
+    by_set = by_set or {None: rules}
+
+    def rules_of(record: dict) -> dict:
+        return by_set[record["meta"].get("rule_set")]
+
+    keys = ["\n".join(normalise(t["output"]) for t in r["conversation"]) for r in survivors]
+    gone: set[int] = set()
+    exact = [i for i, r in enumerate(survivors) if rules_of(r)["exact_dedup"]["enabled"]]
+    for a, b in exact_duplicates([keys[i] for i in exact]).items():
+        i, j = exact[a], exact[b]
+        gone.add(i)
+        changes.drop(
+            survivors[i],
+            "exact_dedup",
+            f"same text as {survivors[j]['id']} after normalisation",
+            duplicate_of=survivors[j]["id"],
+        )
+    nd = rules["near_dedup"]
+    rest = [i for i, r in enumerate(survivors) if i not in gone and rules_of(r)["near_dedup"]["enabled"]]
+    if rest:
+        found = near_duplicates(
+            [keys[i] for i in rest],
+            nd["ngram"],
+            nd["threshold"],
+            nd["num_perm"],
+            nd["seed"],
+            nd["recall"],
+            nd["recall_margin"],
+        )
+        for a, (b, jac) in found.items():
+            i, j = rest[a], rest[b]
+            gone.add(i)
+            changes.drop(
+                survivors[i],
+                "near_dedup",
+                f"{nd['ngram']}-gram Jaccard {jac:.2f} with {survivors[j]['id']}",
+                duplicate_of=survivors[j]["id"],
+            )
+    return gone
+
+
+def _per_rule_set(records: list[dict], kept: list[dict], changes: Changes, by_set: dict) -> dict:
+    """Rows in and out, and drops and repairs per rule, of each rule set (counted apart in the card)."""
+    set_of = {r["id"]: r["meta"].get("rule_set") for r in records}
+    per_set: dict[str, dict] = {}
+    for name in sorted(n for n in by_set if n is not None):
+        per_set[name] = {
+            "rows_in": sum(1 for r in records if set_of[r["id"]] == name),
+            "rows_out": sum(1 for r in kept if set_of[r["id"]] == name),
+            "dropped": dict(Counter(d["rule"] for d in changes.dropped if set_of[d["id"]] == name)),
+            "modified": dict(Counter(m["rule"] for m in changes.modified if set_of[m["id"]] == name)),
+        }
+    return per_set
+
+
+def _report(records: list[dict], kept: list[dict], rules: dict, changes: Changes, by_set: dict) -> dict:
+    return {
+        "rows_in": len(records),
+        "rows_out": len(kept),
+        "rows_dropped": len(changes.dropped),
+        "rows_modified": len({m["id"] for m in changes.modified}),
+        "rules": {name: {"enabled": rules[name]["enabled"], **changes.counts[name]} for name in ALL_RULES},
+        "rule_sets": _per_rule_set(records, kept, changes, by_set),
+        "dropped": changes.dropped,
+        "modified": changes.modified,
+        "kept": [
+            {
+                "id": r["id"],
+                "recipient": r["meta"].get("recipient"),
+                "scene": r["meta"].get("scene"),
+                "style": r["meta"].get("style"),
+                "chars": sum(count_chars(t["output"]) for t in r["conversation"]),
+            }
+            for r in kept
+        ],
+    }
+
+
+def training_rows(kept: list[dict]) -> list[dict]:
+    """train.json: exactly what XTuner's load_dataset('json') + template_map_fn consume, no meta."""
+    return [
+        {"conversation": [{k: t[k] for k in ("system", "input", "output")} for t in r["conversation"]]}
+        for r in kept
+    ]
+
+
+def clean(
+    merged: str | Path,
+    train: str | Path,
+    report_path: str | Path,
+    *,
+    rules: dict,
+    styles: dict,
+    system_prompt: str | None = None,
+    suitability: str | Path | None = None,
+    card: str | Path | None = None,
+    provenance: dict | None = None,
+) -> dict:
+    """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given)."""
+    records = validate_records(read_json(merged), merged)
+    matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
+    kept, report = clean_records(records, rules, styles, system_prompt, matrix)
+    report = {"input": str(merged), **report}
+    write_json(train, training_rows(kept), indent=1)
+    write_json(report_path, report, indent=1)
+    log.info(
+        "%s: %d in, %d kept, %d dropped, %d modified",
+        merged,
+        report["rows_in"],
+        report["rows_out"],
+        report["rows_dropped"],
+        report["rows_modified"],
+    )
+    if card:
+        write_card(card, train, report, records, provenance or {})
+    return report
+
+
+def add_clean_arguments(parser) -> None:
+    parser.add_argument("merged", help="merged JSON (records with id and meta)")
+    parser.add_argument("-o", "--output", required=True, help="train.json to write (conversation only)")
+    parser.add_argument("--report", required=True, help="cleaning report to write (JSON)")
+    parser.add_argument("--card", help="also write the dataset card (markdown)")
+    parser.add_argument("--config", help="config whose `clean:` rules and styles apply (default config.yaml)")
+
+
+def run_clean(args) -> int:
+    config = load_config(args.config)
+    report = clean(
+        args.merged,
+        args.output,
+        args.report,
+        rules=config["clean"],
+        styles=config["styles"],
+        system_prompt=config["system_prompt"],
+        suitability=config["grid"].get("suitability"),
+        card=args.card,
+        provenance=provenance_from_config(config),
+    )
+    print(f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept; report {args.report}")
+    return 0
