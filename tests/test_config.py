@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, run_cmd
+from helpers import BIN, ROOT, run_cmd
 
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError

@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
 from faultserver import FaultServer
 from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
+from helpers import ROOT
 
 from zhufu import grid
 from zhufu.errors import ProviderError
@@ -53,6 +53,7 @@ def test_records_follow_the_contract(tmp_path):
         {"system": config["system_prompt"], "input": prompt.input, "output": rec["conversation"][0]["output"]}
     ]
     assert rec["conversation"][0]["input"].endswith("，小红书风格")
+    assert rec["conversation"][0]["output"].strip()
     assert rec["meta"]["prompt"] == prompt.messages[-1]["content"]
     assert set(rec["meta"]) == {
         "recipient",
@@ -262,8 +263,12 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
         assert server.successes == n_cells(config)  # the rerun paid only for cells never answered
     records = read_records(tmp_path / "raw")
     assert len(records) == n_cells(config) == len({r["id"] for r in records})
-    for path in tmp_path.glob("raw/*/round_*.json"):
-        json.loads(path.read_text(encoding="utf-8"))
+    # Every shard is whole: a JSON list holding exactly its style's and round's cells.
+    per_shard = n_cells(config) // len(all_shards(config, tmp_path / "raw"))
+    for style, round_, path in all_shards(config, tmp_path / "raw"):
+        shard = json.loads(path.read_text(encoding="utf-8"))
+        assert len(shard) == per_shard, path
+        assert {(r["meta"]["style"], r["meta"]["round"]) for r in shard} == {(style, round_)}, path
 
 
 def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
@@ -275,12 +280,20 @@ def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
 
 
 def test_tpm_limit_accepts_a_request_larger_than_its_bucket():
+    """A request larger than the token bucket is let through (it takes the whole bucket) instead of
+    raising or waiting forever; the next request then waits for the bucket to drain."""
     import asyncio
 
     from zhufu.generate.limits import Limits
 
-    async def go():
-        limits = Limits(rpm=6000, tpm=60)  # a 10-token bucket; a 500-token request must not raise
-        await limits.acquire(500)
+    async def go() -> tuple[float, float]:
+        limits = Limits(rpm=6000, tpm=6000)  # a 1000-token bucket that drains at 100 tokens/s
+        start = time.monotonic()
+        await asyncio.wait_for(limits.acquire(5000), timeout=2.0)
+        first = time.monotonic() - start
+        await asyncio.wait_for(limits.acquire(100), timeout=10.0)
+        return first, time.monotonic() - start - first
 
-    asyncio.run(go())
+    first, second = asyncio.run(go())
+    assert first < 0.5  # an empty bucket lets it in at once
+    assert second >= 0.7  # it filled the bucket: 100 more tokens wait ~1 s for the bucket to drain

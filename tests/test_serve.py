@@ -12,11 +12,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT, greedy_answer
 
 from zhufu.config import load_config
 from zhufu.data.figures import FONT_PATH
-from zhufu.model.chat import load_chat_model, reply
+from zhufu.model.chat import load_chat_model
 from zhufu.model.serve import MAX_BODY_BYTES, make_server, page_html
 from zhufu.train.base_model import build_tiny_model
 
@@ -52,7 +52,7 @@ def server(tmp_path_factory):
     )
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield chat, f"http://127.0.0.1:{srv.server_address[1]}"
+    yield model_dir, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
     srv.server_close()
 
@@ -66,11 +66,22 @@ def post(url, body: bytes):
         return e.code, json.loads(e.read())
 
 
+def expected_answer(model_dir, text: str) -> str:
+    """The model's greedy answer, worked out without zhufu (the server's settings: Tianji's system
+    prompt, 12 new tokens); never empty, or the comparison would prove nothing."""
+    answer = greedy_answer(model_dir, text, system=CONFIG["system_prompt"], max_new_tokens=12)
+    assert answer, "the oracle's answer is empty"
+    return answer
+
+
 def test_api_answers_like_chat(server):
-    chat, url = server
+    model_dir, url = server
     status, body = post(f"{url}/api/chat", json.dumps({"text": "祝姐姐生日快乐，小红书风格"}).encode())
     assert status == 200
-    assert body["output"] == reply(chat, "祝姐姐生日快乐，小红书风格", max_new_tokens=12)
+    assert body == {
+        "input": "祝姐姐生日快乐，小红书风格",
+        "output": expected_answer(model_dir, "祝姐姐生日快乐，小红书风格"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -192,22 +203,25 @@ def stream(url, payload: dict) -> list[dict]:
 
 
 def test_the_stream_adds_up_to_the_answer(server):
-    chat, url = server
+    model_dir, url = server
     events = stream(url, {"text": "祝领导春节快乐，严肃风格"})
     deltas = [e["delta"] for e in events if "delta" in e]
     assert len(deltas) >= 2  # several pieces, not one
     assert events[-1]["done"] is True
-    expected = reply(chat, "祝领导春节快乐，严肃风格", system=CONFIG["system_prompt"], max_new_tokens=12)
+    expected = expected_answer(model_dir, "祝领导春节快乐，严肃风格")
     assert events[-1]["output"] == "".join(deltas).strip() == expected
 
 
 def test_another_one_samples_with_its_seed(server):
-    chat, url = server
-    kw = dict(system=CONFIG["system_prompt"], max_new_tokens=12, temperature=0.7)
-    one = stream(url, {"text": "祝姐姐生日快乐", "again": True, "seed": 1})[-1]["output"]
-    two = stream(url, {"text": "祝姐姐生日快乐", "again": True, "seed": 2})[-1]["output"]
-    assert one == reply(chat, "祝姐姐生日快乐", seed=1, **kw)
-    assert two == reply(chat, "祝姐姐生日快乐", seed=2, **kw)
+    """ "Another one" samples: the same seed gives the same answer, other seeds other answers."""
+    _, url = server
+    answers = {
+        seed: stream(url, {"text": "祝姐姐生日快乐", "again": True, "seed": seed})[-1]["output"]
+        for seed in (1, 2, 3, 4)
+    }
+    assert all(answers.values())
+    assert stream(url, {"text": "祝姐姐生日快乐", "again": True, "seed": 1})[-1]["output"] == answers[1]
+    assert len(set(answers.values())) >= 2, answers
 
 
 def test_the_shipped_font_is_served(server):
@@ -263,10 +277,11 @@ def test_fifty_concurrent_requests_some_malformed(server):
 def test_page_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    chat, url = server
-    kw = dict(system=CONFIG["system_prompt"], max_new_tokens=12)
-    expected = reply(chat, "祝妹妹谈判顺利，小红书风格", **kw)
-    again = reply(chat, "祝妹妹谈判顺利，小红书风格", temperature=0.7, seed=1, **kw)
+    model_dir, url = server
+    expected = expected_answer(model_dir, "祝妹妹谈判顺利，小红书风格")
+    # "another one" on the page is the API's sampled answer with seed 1 (pinned by the API tests)
+    again = stream(url, {"text": "祝妹妹谈判顺利，小红书风格", "again": True, "seed": 1})[-1]["output"]
+    assert again
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page()

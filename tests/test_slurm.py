@@ -18,9 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, copy_project
+from helpers import BIN, ROOT, copy_project
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# the first test also runs the workflow on SLURM and locally (the module fixture): up to 25 min
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ACCOUNT = os.environ.get("ZHUFU_SLURM_ACCOUNT", "zhufu")
 # Data-stage files that must be identical between a SLURM run and a local run.

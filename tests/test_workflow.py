@@ -5,9 +5,10 @@ import re
 import shutil
 
 import pytest
-from conftest import BIN, copy_project, run_cmd
+from helpers import BIN, copy_project, run_cmd
 
-pytestmark = pytest.mark.slow
+# the first test also runs the whole workflow (the module fixture): up to snakemake's own 30 min limit
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 CONTRACT = [
     "results/data/merged.json",
@@ -153,15 +154,20 @@ def test_second_run_does_nothing(run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_rerun_after_deleting_results_makes_no_teacher_request(run):
-    """Deleting results/ and rerunning makes 0 requests: the LLM cache lives outside results/."""
-    before = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
-    shutil.rmtree(run / "results")  # all of it: the answer cache lives outside results/
-    shutil.rmtree(run / "logs/generate")
-    result = snakemake(run, "results/data/merged.json")
+def test_rerun_after_deleting_results_makes_no_teacher_request(run, tmp_path):
+    """Deleting results/ and rerunning makes 0 requests: the LLM cache lives outside results/.
+
+    In a copy of the finished run (cache and Snakemake's records included): the module's run stays whole.
+    """
+    project = shutil.copytree(run, tmp_path / "project", symlinks=True)
+    before = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
+    assert len(before) == 6
+    shutil.rmtree(project / "results")  # all of it: the answer cache lives outside results/
+    shutil.rmtree(project / "logs/generate")
+    result = snakemake(project, "results/data/merged.json")
     assert result.returncode == 0, result.stderr[-4000:]
-    after = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
+    after = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
     assert after == before
-    logs = "".join(p.read_text(encoding="utf-8") for p in (run / "logs/generate").rglob("*.log"))
+    logs = "".join(p.read_text(encoding="utf-8") for p in (project / "logs/generate").rglob("*.log"))
     requested = [int(n) for n in re.findall(r"(\d+) requested", logs)]
     assert len(requested) == 6 and all(n == 0 for n in requested), logs[-3000:]
