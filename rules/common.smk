@@ -5,6 +5,7 @@ sys.path.insert(0, workflow.basedir)
 
 from zhufu.config import validate_config  # noqa: E402
 from zhufu.errors import ConfigError  # noqa: E402
+from zhufu.providers import hide_api_key_from_jobs  # noqa: E402
 from zhufu.xtuner_config import training_settings  # noqa: E402
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
@@ -19,6 +20,11 @@ try:
 except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)
+
+# On a cluster (e.g. --executor slurm) no job may carry the API key: sbatch --export=ALL would copy it
+# into every job's environment and SLURM's job state. Generation runs on this host (localrules).
+if workflow.is_main_process and workflow.non_local_exec:
+    hide_api_key_from_jobs(config["provider"])
 
 
 def pkg(*modules):

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "estimate": ("zhufu.generate", "print the calls, tokens and cost a config would spend, spending nothing"),
     "generate": ("zhufu.generate", "manufacture raw per-round JSON shards by calling the configured LLM"),
+    "spend": (
+        "zhufu.generate",
+        "print the tokens and money spent per provider and model (the cache's ledger)",
+    ),
     "import": ("zhufu.dataset", "turn an existing conversation-format JSON file into a raw shard"),
     "merge": ("zhufu.dataset", "merge raw shards into one validated list of records"),
     "clean": ("zhufu.dataset", "apply the cleaning rules: train.json plus a report of every change"),

@@ -99,16 +99,26 @@ def iter_cells(config: dict, style: str, round_: int, matrix: dict | None) -> It
                 yield grid.Cell(style, round_, r, s)
 
 
-def _key_for(config: dict, prompt: grid.Prompt) -> tuple[str, str]:
+def _key_for(config: dict, prompt: grid.Prompt, endpoint: str | None = None) -> tuple[str, str]:
+    """The cache key of a prompt, for the endpoint that answers it (None: the config's own)."""
     from zhufu.providers import provider_identity, sampling_params
 
-    identity = provider_identity(config["provider"])
+    identity = provider_identity(config["provider"], endpoint)
     params = sampling_params(config["provider"])
     sample = prompt.cell.round
     return (
         cache_key(identity, prompt.messages, params, sample),
         canonical_request(identity, prompt.messages, params, sample),
     )
+
+
+def spend_scope(provider: dict, endpoint: str | None = None) -> tuple[str, str]:
+    """(provider, model) of the spend ledger and the shared rate caps: who answers, without the model."""
+    from zhufu.providers import provider_identity
+
+    identity = provider_identity(provider, endpoint)
+    model = identity.pop("model")
+    return json.dumps(identity, sort_keys=True), model
 
 
 # ---------------------------------------------------------------------------------------------- estimate
@@ -156,6 +166,37 @@ def estimate_shards(
     return out
 
 
+def estimate_report(config: dict, estimates: list[ShardEstimate], cache_path: str | Path) -> dict:
+    """The estimate as JSON (results/estimate.json, `zhufu estimate --json`): per shard and in total."""
+    provider = config["provider"]
+    currency = (provider.get("price") or {}).get("currency", "")
+    shards = []
+    for e in estimates:
+        row = {k: getattr(e, k) for k in ShardEstimate.__dataclass_fields__}
+        row["cost"] = round(cost_of(provider, e.prompt_tokens, e.completion_tokens), 6)
+        shards.append(row)
+    total = {k: sum(r[k] for r in shards) for k in ("cells", "skipped", "cached", "calls")}
+    total["prompt_tokens"] = sum(e.prompt_tokens for e in estimates)
+    total["completion_tokens"] = sum(e.completion_tokens for e in estimates)
+    total["cost"] = round(cost_of(provider, total["prompt_tokens"], total["completion_tokens"]), 6)
+    cache = open_readonly(cache_path)
+    try:
+        spent = cache.spent(*spend_scope(provider)) if cache is not None else 0.0
+    finally:
+        if cache is not None:
+            cache.close()
+    return {
+        "provider": provider.get("name") or provider["kind"],
+        "kind": provider["kind"],
+        "model": provider["model"],
+        "currency": currency,
+        "budget": provider.get("budget"),
+        "spent_before": round(spent, 6),
+        "total": total,
+        "shards": shards,
+    }
+
+
 def _ljust(text: str, width: int) -> str:
     """Pad to a terminal width, counting CJK characters as two columns."""
     import unicodedata
@@ -164,7 +205,7 @@ def _ljust(text: str, width: int) -> str:
     return text + " " * max(1, width - cols)
 
 
-def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
+def format_estimate(config: dict, estimates: list[ShardEstimate], spent: float = 0.0) -> str:
     provider = config["provider"]
     lines = [
         f"provider {provider['kind']} / {provider['model']} (estimate: 1 token per CJK character, "
@@ -184,7 +225,11 @@ def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
     budget = provider.get("budget")
     lines.append(
         f"total: {calls} calls, ~{pin} input + ~{pout} output tokens, ~{_money(provider, total)}"
-        + (f" (budget {_money(provider, budget)})" if budget is not None else "")
+        + (
+            f" (budget {_money(provider, budget)}, {_money(provider, spent)} of it spent already)"
+            if budget is not None
+            else ""
+        )
     )
     return "\n".join(lines)
 
@@ -220,8 +265,9 @@ class RunState:
     limits: object
     cache: AnswerCache
     client: object = None
-    spent: float = 0.0
-    reserved: float = 0.0
+    endpoint: str | None = None  # the base URL called, when it is not the config's own
+    spent: float = 0.0  # by this process
+    cache_spent: float = 0.0  # by every run, from the ledger (set at the end)
     budget_reached: bool = False
     fatal: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -268,33 +314,41 @@ FATAL_STATUS = {401, 402, 403, 404}
 
 
 async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats, grid.Cell]]) -> None:
+    from zhufu.cache import Payment
     from zhufu.providers import CallError
 
     p = state.provider
     budget = p.get("budget")
+    scope = spend_scope(p, state.endpoint)
+    currency = (p.get("price") or {}).get("currency", "")
     for stats, cell in items:
         if state.fatal:
             stats.missing += 1
             continue
         prompt = grid.build_prompt(config, cell)
-        key, request = _key_for(config, prompt)
+        key, request = _key_for(config, prompt, state.endpoint)
         if state.cache.get(key) is not None:
             stats.cached += 1
             stats.done += 1
             continue
         est_in = prompt_tokens_estimate(prompt.messages)
-        worst = cost_of(p, est_in, p["max_tokens"])
-        if budget is not None and (state.budget_reached or state.spent + state.reserved + worst > budget):
+        # The budget is the ledger's total over every job and run: reserve this call's worst case.
+        hold = None
+        if budget is not None and (
+            state.budget_reached
+            or (hold := state.cache.hold(scope, cost_of(p, est_in, p["max_tokens"]), budget)) is None
+        ):
             state.budget_reached = True
             stats.missing += 1
             continue
-        state.reserved += worst
         stats.requested += 1
         try:
             answer = await _call_with_retries(
                 state, prompt.messages, est_in + p["max_tokens"], stats, sample=prompt.cell.round
             )
         except CallError as e:
+            if hold is not None:
+                state.cache.release(hold)
             if e.status in FATAL_STATUS and not state.fatal:
                 state.fatal = f"{e.reason} (provider {p['kind']}, model {p['model']})"
             elif state.fatal and e.status is None and not e.retryable:
@@ -302,10 +356,20 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
                 continue
             stats.failed.append((cell, e.reason))
             continue
-        finally:
-            state.reserved -= worst
-        state.cache.put(key, request, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        except BaseException:
+            if hold is not None:
+                state.cache.release(hold)
+            raise
         cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
+        state.cache.put(
+            key,
+            request,
+            answer.text,
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            paid=Payment(scope[0], scope[1], cost, currency),
+            release=hold,
+        )
         state.spent += cost
         stats.cost += cost
         stats.prompt_tokens += answer.prompt_tokens
@@ -370,12 +434,19 @@ class _Progress:
 
 
 async def _run(
-    config: dict, shards: list[ShardStats], matrix, cache: AnswerCache, client, progress: bool
+    config: dict,
+    shards: list[ShardStats],
+    matrix,
+    cache: AnswerCache,
+    client,
+    progress: bool,
+    endpoint: str | None = None,
 ) -> RunState:
     from zhufu.limits import Limits
 
     p = config["provider"]
-    state = RunState(provider=p, limits=Limits(p.get("rpm"), p.get("tpm")), cache=cache, client=client)
+    limits = Limits(p.get("rpm"), p.get("tpm"), shared=cache, scope=spend_scope(p, endpoint))
+    state = RunState(provider=p, limits=limits, cache=cache, client=client, endpoint=endpoint)
 
     def items():
         for stats in shards:
@@ -395,18 +466,43 @@ async def _run(
     return state
 
 
-def write_shard(config: dict, stats: ShardStats, matrix, cache: AnswerCache) -> None:
-    """Stream the shard from the cache to a temp file, then rename it into place (never partial)."""
+def failures_path(shard: str | Path) -> Path:
+    """The failures file beside a shard: round_<r>.failures.jsonl (not *.json, so no merge picks it up)."""
+    shard = Path(shard)
+    return shard.with_name(shard.stem + ".failures.jsonl")
+
+
+def write_failures(stats: ShardStats) -> None:
+    """One JSON line per cell that failed for good (an empty file: none), written beside the shard."""
+    from zhufu.io import write_jsonl
+
+    rows = [
+        {"style": c.style, "round": c.round, "recipient": c.recipient, "scene": c.scene, "reason": reason}
+        for c, reason in stats.failed
+    ]
+    write_jsonl(failures_path(stats.out_path), rows)
+
+
+def write_shard(
+    config: dict, stats: ShardStats, matrix, cache: AnswerCache, endpoint: str | None = None
+) -> None:
+    """Stream the shard from the cache to a temp file, then rename it into place (never partial).
+
+    The cells in `stats.failed` (under provider.max_failed_share) are left out and listed beside it."""
     from zhufu.io import atomic_path
 
     p = config["provider"]
     provider_name = p.get("name") or p["kind"]
+    failed = {c for c, _ in stats.failed}
+    write_failures(stats)
     with atomic_path(stats.out_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write("[")
         first = True
         for cell in iter_cells(config, stats.style, stats.round, matrix):
+            if cell in failed:
+                continue
             prompt = grid.build_prompt(config, cell)
-            key, _ = _key_for(config, prompt)
+            key, _ = _key_for(config, prompt, endpoint)
             hit = cache.get(key)
             if hit is None:
                 raise ProviderError(f"{stats.out_path}: cell {cell} lost its cached answer; rerun generate")
@@ -444,6 +540,16 @@ def _endpoint(config: dict, base_url: str | None):
         yield url
 
 
+def _other_endpoint(config: dict, base_url: str | None) -> str | None:
+    """`--base-url` when it is not the config's own endpoint: its answers are its own in the cache."""
+    return base_url if base_url and base_url != config["provider"].get("base_url") else None
+
+
+def _shard_ok(s: ShardStats, max_failed_share: float) -> bool:
+    """Every cell answered, but for failures within the allowed share; none left unrequested."""
+    return not s.missing and s.done + len(s.failed) == s.cells and len(s.failed) <= max_failed_share * s.cells
+
+
 def generate_shards(
     config: dict,
     shards: list[tuple[str, int, str | Path]],
@@ -470,19 +576,32 @@ def generate_shards(
         s.cells = sum(1 for _ in iter_cells(config, s.style, s.round, matrix))
     for noisy in ("httpx", "httpx2", "openai", "zhipuai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    endpoint = _other_endpoint(config, base_url)
+    share = p.get("max_failed_share", 0.0)
     with AnswerCache(cache_path) as cache:
         with _endpoint(config, base_url) as url:
             client = make_provider(p, api_key, url)
             started = time.monotonic()
-            state = asyncio.run(_run(config, stats, matrix, cache, client, progress))
+            state = asyncio.run(_run(config, stats, matrix, cache, client, progress, endpoint))
             seconds = time.monotonic() - started
+        state.cache_spent = cache.spent(*spend_scope(p, endpoint))
         for s in stats:
-            if not s.failed and not s.missing and s.done == s.cells:
-                write_shard(config, s, matrix, cache)
-            elif s.out_path.exists():
+            if _shard_ok(s, share):
+                write_shard(config, s, matrix, cache, endpoint)
+                for cell, reason in s.failed:
+                    log.warning(
+                        "%s: left out %s × %s, failed for good: %s",
+                        s.name,
+                        cell.recipient,
+                        cell.scene,
+                        reason,
+                    )
+            else:
                 # An older shard would pass for this run's output: incomplete means no file at all.
-                s.out_path.unlink()
-                log.warning("%s: removed the shard of an earlier run (this run is incomplete)", s.out_path)
+                for old in (s.out_path, failures_path(s.out_path)):
+                    if old.exists():
+                        old.unlink()
+                        log.warning("%s: removed the file of an earlier run (this run is incomplete)", old)
             log.info("%s", _summary(s, p, seconds))
     _raise_if_incomplete(stats, state, p)
     return stats
@@ -508,10 +627,16 @@ def _raise_if_incomplete(stats: list[ShardStats], state: RunState, provider: dic
             if len(failed) > FAILED_CELLS_SHOWN
             else ""
         )
-        parts.append(f"{len(failed)} cells failed after all retries: {shown}{more}")
+        share = provider.get("max_failed_share", 0.0)
+        parts.append(
+            f"{len(failed)} cells failed after all retries (more than provider.max_failed_share {share:g} of "
+            f"a shard): {shown}{more}"
+        )
     if state.budget_reached:
         parts.append(
-            f"budget {_money(provider, provider['budget'])} reached after spending {_money(provider, state.spent)}; "
+            f"budget {_money(provider, provider['budget'])} reached (spent by all runs: "
+            f"{_money(provider, state.cache_spent)}, by this job: {_money(provider, state.spent)}; "
+            "`zhufu spend` lists it); "
             f"{missing} cells not requested"
         )
     elif missing and not state.fatal:
@@ -551,7 +676,9 @@ def _selected(config: dict, style: str | None, round_: int | None) -> list[tuple
 
 
 def _common_arguments(parser) -> None:
-    parser.add_argument("--config", help="config YAML (default: the project's config.yaml)")
+    from zhufu.config import add_configfile_argument
+
+    add_configfile_argument(parser)
     parser.add_argument("--style", help="only this style (default: all)")
     parser.add_argument("--round", type=int, help="only this round (default: all)")
     parser.add_argument("--cache", help="answer cache (default: the config's `cache`)")
@@ -563,7 +690,9 @@ def add_generate_arguments(parser) -> None:
         "-o", "--out-dir", default="results/raw", help="shards go to DIR/<style>/round_<r>.json"
     )
     parser.add_argument(
-        "--base-url", help="call this endpoint instead of the config's (or the offline teacher)"
+        "--base-url",
+        help="call this endpoint instead of the config's (or the offline teacher); its answers are cached "
+        "under its own host",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the calls, tokens and cost; call nothing"
@@ -573,14 +702,34 @@ def add_generate_arguments(parser) -> None:
     )
 
 
+def estimate(config: dict, selected: list[tuple[str, int]], cache_path: str | Path) -> tuple[str, dict]:
+    """The estimate table and its JSON (what `zhufu estimate` and `snakemake estimate` print)."""
+    estimates = estimate_shards(config, selected, cache_path)
+    report = estimate_report(config, estimates, cache_path)
+    return format_estimate(config, estimates, report["spent_before"]), report
+
+
+def write_estimate(
+    config: dict, shards: list[tuple[str, int]], cache_path: str | Path, out_path: str | Path
+) -> dict:
+    """The `estimate` rule: write results/estimate.json and print the table, spending nothing."""
+    from zhufu.io import write_json
+
+    table, report = estimate(config, shards, cache_path)
+    write_json(out_path, report)
+    print(table)
+    log.info("%s", table)
+    return report
+
+
 def run_generate(args) -> int:
     from zhufu.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(*args.configfiles)
     selected = _selected(config, args.style, args.round)
     cache_path = args.cache or config["cache"]
     if args.dry_run:
-        print(format_estimate(config, estimate_shards(config, selected, cache_path)))
+        print(estimate(config, selected, cache_path)[0])
         return 0
     shards = [(s, r, shard_path(args.out_dir, s, r)) for s, r in selected]
     generate_shards(config, shards, cache_path, base_url=args.base_url, progress=not args.no_progress)
@@ -589,12 +738,47 @@ def run_generate(args) -> int:
 
 def add_estimate_arguments(parser) -> None:
     _common_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print results/estimate.json's JSON instead")
 
 
 def run_estimate(args) -> int:
     from zhufu.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(*args.configfiles)
     selected = _selected(config, args.style, args.round)
-    print(format_estimate(config, estimate_shards(config, selected, args.cache or config["cache"])))
+    table, report = estimate(config, selected, args.cache or config["cache"])
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else table)
+    return 0
+
+
+def add_spend_arguments(parser) -> None:
+    from zhufu.config import add_configfile_argument
+
+    add_configfile_argument(parser)
+    parser.add_argument("--cache", help="answer cache (default: the config's `cache`)")
+    parser.add_argument("--json", action="store_true", help="print the ledger as JSON")
+
+
+def run_spend(args) -> int:
+    from zhufu.cache import open_readonly
+    from zhufu.config import load_config
+
+    config = load_config(*args.configfiles)
+    cache_path = args.cache or config["cache"]
+    cache = open_readonly(cache_path)
+    rows = cache.spend_table() if cache is not None else []
+    if cache is not None:
+        cache.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    print(f"spend ledger of {cache_path} (every paid answer, all runs)")
+    print(f"{'provider':<34}{'model':<24}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}")
+    for r in rows:
+        print(
+            f"{r['provider']:<34}{r['model']:<24}{r['calls']:>7}{r['prompt_tokens']:>10}"
+            f"{r['completion_tokens']:>10}{r['cost']:>10.4f} {r['currency']}"
+        )
+    if not rows:
+        print("(nothing spent yet)")
     return 0
