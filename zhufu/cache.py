@@ -15,8 +15,10 @@ submitting host, so SQLite's locking holds):
   transaction. A budget is checked against its sum, so it holds across jobs and reruns (`zhufu spend`).
 - `holds`: the worst-case cost of each call in flight, so concurrent jobs can't overshoot the budget
   together; the holds of a process that died are dropped.
-- `sends`: the time and estimated tokens of each request of the last window, so RPM and TPM caps hold
-  for all jobs together (a sliding window: no 60-second window ever holds more than the cap).
+- `sends`: the requests of the last window and their estimated tokens, so RPM and TPM caps hold for all
+  jobs together. A request holds its slot from the moment it may be sent until a window after its answer
+  (or failure) came back: whenever the server saw it, no window of the server's clock holds more than
+  the cap.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ CREATE TABLE IF NOT EXISTS holds (
     pid INTEGER NOT NULL,
     cost REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sends (scope TEXT NOT NULL, t REAL NOT NULL, tokens INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sends (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    t REAL NOT NULL,
+    tokens INTEGER NOT NULL,
+    pid INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS sends_scope_t ON sends (scope, t);
 """
 
@@ -68,6 +76,10 @@ def canonical_request(identity: dict, messages: list[dict], params: dict, sample
     """`sample` tells apart independent draws of the same request: round 1 must not reuse round 0's answer."""
     blob = {"provider": identity, "messages": messages, "params": params, "sample": sample}
     return json.dumps(blob, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+IN_FLIGHT = 1e18  # the time of a slot whose request has not come back yet
+IN_FLIGHT_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -230,39 +242,53 @@ class AnswerCache:
 
     def take_send_slot(
         self, scope: tuple[str, str], rpm: float | None, tpm: float | None, tokens: int, window: float
-    ) -> float:
-        """Record one request now and return 0, or return how long to wait before asking again.
+    ) -> tuple[float, int | None]:
+        """Take a slot for one request now: (0, slot id), or (seconds to wait before asking again, None).
 
         A sliding window over every process's requests: at most `rpm` requests and `tpm` tokens in any
-        `window` seconds.
+        `window` seconds. The slot counts as in flight (time +inf) until `end_send_slot`.
         """
         key = _scope(scope)
         now = time.time()
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self.conn.execute("DELETE FROM sends WHERE t <= ?", (now - window,))
+            for (pid,) in self.conn.execute("SELECT DISTINCT pid FROM sends WHERE t > ?", (now,)).fetchall():
+                if not _alive(pid):  # in flight in a process that died: it ended at the latest now
+                    self.conn.execute("UPDATE sends SET t = ? WHERE pid = ? AND t > ?", (now, pid, now))
             sent = self.conn.execute(
                 "SELECT t, tokens FROM sends WHERE scope = ? ORDER BY t", (key,)
             ).fetchall()
-            wait = 0.0
+            leave = []  # when each slot that must be freed first leaves the window
             if rpm is not None and len(sent) + 1 > rpm:
-                # the request that must leave the window first
-                wait = max(wait, sent[len(sent) - int(rpm)][0] + window - now)
+                leave.append(sent[len(sent) - int(rpm)][0])
             if tpm is not None:
                 tokens = min(tokens, int(tpm))
-                excess = sum(t for _, t in sent) + tokens - tpm
+                excess = sum(n for _, n in sent) + tokens - tpm
                 for t, n in sent:
                     if excess <= 0:
                         break
                     excess -= n
-                    wait = max(wait, t + window - now)
-            if wait <= 0:
-                self.conn.execute("INSERT INTO sends VALUES (?, ?, ?)", (key, now, tokens))
+                    leave.append(t)
+            slot = None
+            if not leave:
+                slot = self.conn.execute(
+                    "INSERT INTO sends (scope, t, tokens, pid) VALUES (?, ?, ?, ?)",
+                    (key, IN_FLIGHT, tokens, os.getpid()),
+                ).lastrowid
             self.conn.execute("COMMIT")
-            return max(0.0, wait)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        if slot is not None:
+            return 0.0, slot
+        last = max(leave)
+        # A slot still in flight leaves a window after its answer: look again soon.
+        return (IN_FLIGHT_POLL_S if last >= IN_FLIGHT else max(0.01, last + window - now)), None
+
+    def end_send_slot(self, slot: int) -> None:
+        """The request's answer (or failure) is back: its slot leaves the window `window` seconds from now."""
+        self.conn.execute("UPDATE sends SET t = ? WHERE id = ?", (time.time(), slot))
 
     def __len__(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

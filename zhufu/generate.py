@@ -293,8 +293,9 @@ async def _call_with_retries(
     p = state.provider
     attempts = p["max_attempts"]
     for attempt in range(1, attempts + 1):
-        await state.limits.acquire(est_tokens)
+        slot = await state.limits.acquire(est_tokens)
         if state.fatal:
+            state.limits.release(slot)
             raise CallError("run aborted", retryable=False)
         try:
             return await state.client.complete(messages, sample=sample)
@@ -306,7 +307,9 @@ async def _call_with_retries(
             if e.status == 429 and e.retry_after:
                 state.limits.pause(delay)
             log.debug("retry %d/%d in %.2fs after %s", attempt, attempts, delay, e.reason)
-            await asyncio.sleep(delay)
+        finally:
+            state.limits.release(slot)  # the request is over, answered or not
+        await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 

@@ -106,11 +106,12 @@ def provider_identity(provider: dict, endpoint: str | None = None) -> dict:
 
     `endpoint` is the base URL that is really called when it is not the config's own (`--base-url`):
     its answers are then cached under its host, never under the config's provider. The offline teacher
-    that the generate step starts itself runs on a random port of 127.0.0.1, so its endpoint is left out
-    entirely; for remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM of that name.
+    (kind offline, whichever of its instances answers) runs on a random port of 127.0.0.1, so its endpoint
+    is left out entirely; for remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM
+    or a test server serving that name.
     """
     identity = {"kind": provider["kind"], "model": provider["model"]}
-    if provider["kind"] != "offline" or endpoint:
+    if provider["kind"] != "offline":
         url = (
             endpoint
             or provider.get("base_url")
