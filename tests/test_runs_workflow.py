@@ -101,9 +101,15 @@ def test_rpm_cap_holds_over_all_parallel_generate_jobs_at_the_server(project):
 
 
 def test_budget_holds_over_all_parallel_generate_jobs(project):
-    price, budget = 10000, 8.0  # per 1M tokens: ~1.1 units per call, so ~7 calls fit
+    price, budget = 2000, 8.0  # per 1M tokens: ~0.5 units per call (worst case ~0.6), so ~14 calls fit
     with FaultServer(api_key=SECRET) as server:
-        cfg = _overlay(project, server, price={"input_per_1m": price, "output_per_1m": price}, budget=budget)
+        cfg = _overlay(
+            project,
+            server,
+            price={"input_per_1m": price, "output_per_1m": price},
+            budget=budget,
+            max_tokens=64,
+        )
         smk = run_cmd(
             ["snakemake", "--workflow-profile", "none", "--cores", "6", "--keep-going", "shards"]
             + ["--configfile", str(cfg)],

@@ -2,9 +2,10 @@
 
 Two layers. The caps hold for the whole run, over every generate process (the workflow runs one per
 style × round): each request takes a slot in the answer cache's `sends` table, a sliding window that
-never holds more than `rpm` requests or `tpm` tokens (zhufu.cache.AnswerCache.take_send_slot). The
-window is 60 s plus a margin of one second, so that the server, whose clock sees each request a little
-later than we send it, also counts at most `rpm` in any 60 s. Inside one process, aiolimiter's leaky
+never holds more than `rpm` requests or `tpm` tokens (zhufu.cache.AnswerCache.take_send_slot). A request
+holds its slot from before it is sent until a window after its answer came back, so the server, whenever
+it saw the request, also counts at most `rpm` in any 60 s of its own clock (the window has a margin of
+one more second). Inside one process, aiolimiter's leaky
 bucket smooths the requests (a cap of 600 RPM is a 10-request bucket that drains at 10/s), so a run does
 not fire its whole minute's allowance in the first second.
 """
@@ -54,7 +55,8 @@ class Limits:
         """A 429 told one worker to wait: every worker waits, so the endpoint sees the pause."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
-    async def acquire(self, tokens: int = 0) -> None:
+    async def acquire(self, tokens: int = 0) -> int | None:
+        """Wait until a request may be sent; returns its shared slot, to hand to `release` when it ends."""
         while (wait := self.paused_until - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         if self.rpm:
@@ -62,11 +64,19 @@ class Limits:
         if self.tpm and tokens:
             await self.tpm.acquire(min(float(tokens), self.tpm.max_rate))
         if self.shared is None or (self.rpm_cap is None and self.tpm_cap is None):
-            return
-        while (
-            wait := self.shared.take_send_slot(self.scope, self.rpm_cap, self.tpm_cap, tokens, self.window)
-        ) > 0:
+            return None
+        while True:
+            wait, slot = self.shared.take_send_slot(
+                self.scope, self.rpm_cap, self.tpm_cap, tokens, self.window
+            )
+            if slot is not None:
+                return slot
             await asyncio.sleep(wait + random.uniform(0, 0.05))
+
+    def release(self, slot: int | None) -> None:
+        """The request of `slot` is over (answered or failed): its slot leaves the window one window later."""
+        if slot is not None:
+            self.shared.end_send_slot(slot)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
