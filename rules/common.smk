@@ -21,10 +21,13 @@ except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)
 
+
 # On a cluster (e.g. --executor slurm) no job may carry the API key: sbatch --export=ALL would copy it
-# into every job's environment and SLURM's job state. Generation runs on this host (localrules).
-if workflow.is_main_process and workflow.non_local_exec:
-    hide_api_key_from_jobs(config["provider"])
+# into every job's environment and SLURM's job state. Generation runs on this host (localrules). The
+# executor is known only once the run starts, before the first job is scheduled: here.
+onstart:
+    if workflow.non_local_exec:
+        hide_api_key_from_jobs(config["provider"])
 
 
 def pkg(*modules):
