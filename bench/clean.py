@@ -111,8 +111,8 @@ def cpu_seconds() -> float:
 
 
 def measure_rules(n: int, workers: int | None) -> dict:
-    from zhufu.cleaning import record_verdicts
     from zhufu.config import load_config
+    from zhufu.data.rules import record_verdicts
 
     config = load_config()
     rows = synthetic_rows(n)
@@ -138,8 +138,8 @@ def measure_near(n: int) -> dict:
     import datasketch  # noqa: F401  (imports, scipy included, are not part of the timing)
     import xxhash  # noqa: F401
 
-    from zhufu.cleaning import near_duplicates, normalise
     from zhufu.config import load_config
+    from zhufu.data.dedup import near_duplicates, normalise
 
     nd = load_config()["clean"]["near_dedup"]
     keys = [normalise(t) for t in synthetic_rows(n)]

@@ -72,7 +72,7 @@ def bench_config(url: str, n_cells: int, concurrency: int, **provider) -> dict:
 
 
 def zhufu_run(config: dict, cache: Path, out: Path) -> tuple[int, float]:
-    from zhufu.generate import generate_shards
+    from zhufu.generate.run import generate_shards
 
     t = time.perf_counter()
     stats = generate_shards(config, [("正常", 0, out)], cache, progress=False)

@@ -1,12 +1,12 @@
 import os  # noqa: F401  (rules use os.path in lambdas)
 import sys
+from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
-
-from zhufu.config import validate_config  # noqa: E402
-from zhufu.errors import ConfigError  # noqa: E402
-from zhufu.providers import hide_api_key_from_jobs  # noqa: E402
-from zhufu.xtuner_config import training_settings  # noqa: E402
+# The workflow and its scripts import the installed package (tools/bootstrap.sh installs it into .venv).
+from zhufu.config import validate_config
+from zhufu.errors import ConfigError
+from zhufu.generate.providers import hide_api_key_from_jobs
+from zhufu.train.xtuner_config import training_settings
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
 # validate() prints the whole schema and a traceback).
@@ -30,10 +30,14 @@ onstart:
         hide_api_key_from_jobs(config["provider"])
 
 
-def pkg(*modules):
-    """The package's source files a rule's script imports, as inputs (Snakemake's code trigger can't see them)."""
-    names = ("__init__", "errors", "io", "config", "scripting") + modules
-    return [f"zhufu/{m}.py" for m in dict.fromkeys(names)]
+def code(*families):
+    """The package's source files a rule's script imports, as inputs (Snakemake's code trigger can't see
+    them): the core (zhufu/*.py but the CLI) and every module of the named subpackages (zhufu/<family>/).
+    """
+    package = Path(workflow.basedir) / "zhufu"
+    core = [p for p in package.glob("*.py") if p.name not in ("cli.py", "__main__.py")]
+    modules = [p for family in families for p in (package / family).glob("*.py")]
+    return sorted(os.path.relpath(p, workflow.basedir) for p in core + modules)
 
 
 STYLES = list(config["styles"])

@@ -1,14 +1,8 @@
-# Data stages after generation: (import) → merge → clean (train.json, report, card) → figures, format check.
+# Data stages after generation: (import) → merge → clean (train.json, report, card) → figures.
 # Everything the scripts use arrives through params:, so changing a cleaning threshold reruns clean and what
-# follows it, never generation.
+# follows it, never generation. The code is zhufu/data/.
 
-from pathlib import Path
-
-from zhufu.dataset import provenance_from_config, training_format
-
-# XTuner template and max_length of the configured training profile (zhufu/profiles.py), for check_format.
-FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
-
+from zhufu.data.card import provenance_from_config
 
 IMPORTS = {Path(p).stem: p for p in config["clean"]["imports"]}
 IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
@@ -17,7 +11,7 @@ IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 rule import_data:
     input:
         source=lambda wc: IMPORTS[wc.name],
-        code=pkg("grid", "dataset"),
+        code=code("data"),
         schema="schemas/record.schema.yaml",
     output:
         shard="results/raw/imported/{name}.json",
@@ -36,7 +30,7 @@ rule import_data:
 rule merge:
     input:
         shards=SHARDS + IMPORTED,
-        code=pkg("dataset"),
+        code=code("data"),
         schema="schemas/record.schema.yaml",
     output:
         json="results/data/merged.json",
@@ -52,7 +46,7 @@ rule clean:
     input:
         merged=rules.merge.output.json,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "dataset", "cleaning", "card"),
+        code=code("data"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",
@@ -79,7 +73,7 @@ rule figures:
     input:
         report=rules.clean.output.report,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "figures"),
+        code=code("data"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
         suitability="results/figures/suitability.png",
@@ -95,21 +89,3 @@ rule figures:
         styles=config["styles"],
     script:
         "../scripts/figures.py"
-
-
-rule check_format:
-    input:
-        train=rules.clean.output.train,
-        tokenizer="results/base_model",
-        code=pkg("dataset", "profiles"),
-    output:
-        json="results/data/format_check.json",
-    log:
-        "logs/check_format.log",
-    conda:
-        "../envs/train.yaml"
-    params:
-        template=FORMAT_TEMPLATE,
-        max_length=FORMAT_MAX_LENGTH,
-    script:
-        "../scripts/check_format.py"

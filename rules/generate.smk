@@ -7,7 +7,7 @@
 
 import re  # noqa: E402
 
-from zhufu.generate import SHARD_KEYS, shard_config  # noqa: E402
+from zhufu.generate.run import SHARD_KEYS, shard_config  # noqa: E402
 
 
 wildcard_constraints:
@@ -18,7 +18,7 @@ wildcard_constraints:
 rule generate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=pkg("grid", "generate", "cache", "providers", "limits", "teacher"),
+        code=code("generate", "teacher"),
     output:
         shard="results/raw/{style}/round_{round}.json",
         # cells that failed for good (under provider.max_failed_share); empty when none
@@ -50,7 +50,7 @@ rule estimate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
         cache=lambda wc: [config["cache"]] if os.path.exists(config["cache"]) else [],
-        code=pkg("grid", "generate", "cache", "providers"),
+        code=code("generate"),
     output:
         json="results/estimate.json",
     log:

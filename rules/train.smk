@@ -2,7 +2,12 @@
 # runtime/cpus_per_gpu so that a cluster profile sends it to a GPU node (a local run is not limited by
 # `gpu`), and it resumes from the newest complete checkpoint when a killed run is restarted: the
 # checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
-# work_dir/last_checkpoint, which names the final one and which XTuner writes last.
+# work_dir/last_checkpoint, which names the final one and which XTuner writes last. The code is zhufu/train/.
+
+from zhufu.train.format_check import training_format
+
+# XTuner template and max_length of the configured training profile (zhufu/train/profiles.py).
+FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
 
 
 rule base_model:
@@ -10,7 +15,7 @@ rule base_model:
         train=lambda wc: (
             rules.clean.output.train if config["model"]["source"] == "tiny" else []
         ),
-        code=pkg("base_model"),
+        code=code("train"),
     output:
         dir=directory("results/base_model"),
     log:
@@ -28,8 +33,8 @@ rule render_config:
     input:
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
-        code=pkg("profiles", "xtuner_config"),
-        template="zhufu/templates/xtuner_config.py.j2",
+        code=code("train"),
+        template="zhufu/train/templates/xtuner_config.py.j2",
     output:
         config="results/train/xtuner_config.py",
     log:
@@ -50,7 +55,7 @@ rule train:
         config=rules.render_config.output.config,
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
-        code=pkg("launcher"),
+        code=code("train"),
     output:
         last=maybe_protected(f"{WORK_DIR}/last_checkpoint"),
     log:
@@ -71,3 +76,22 @@ rule train:
         nproc_per_node=TRAIN["nproc_per_node"],
     script:
         "../scripts/train.py"
+
+
+# train.json through XTuner's own dataset processing, with the tokenizer and template training will use.
+rule check_format:
+    input:
+        train=rules.clean.output.train,
+        tokenizer=rules.base_model.output.dir,
+        code=code("train"),
+    output:
+        json="results/data/format_check.json",
+    log:
+        "logs/check_format.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        template=FORMAT_TEMPLATE,
+        max_length=FORMAT_MAX_LENGTH,
+    script:
+        "../scripts/check_format.py"

@@ -1,11 +1,6 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from zhufu.dataset import check_format  # noqa: E402
-from zhufu.scripting import rule_step  # noqa: E402
+from zhufu.scripting import rule_step
+from zhufu.train.format_check import check_format
 
 with rule_step(snakemake, "check_format"):
     check_format(

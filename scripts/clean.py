@@ -1,11 +1,6 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from zhufu.dataset import clean  # noqa: E402
-from zhufu.scripting import rule_step  # noqa: E402
+from zhufu.data.clean import clean
+from zhufu.scripting import rule_step
 
 with rule_step(snakemake, "clean"):
     clean(

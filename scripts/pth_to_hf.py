@@ -1,11 +1,6 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from zhufu.launcher import pth_to_hf  # noqa: E402
-from zhufu.scripting import rule_step  # noqa: E402
+from zhufu.scripting import rule_step
+from zhufu.train.export import pth_to_hf
 
 with rule_step(snakemake, "pth_to_hf"):
     pth_to_hf(

@@ -1,11 +1,6 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from zhufu.scripting import rule_step  # noqa: E402
-from zhufu.xtuner_config import write_config  # noqa: E402
+from zhufu.scripting import rule_step
+from zhufu.train.xtuner_config import write_config
 
 with rule_step(snakemake, "render_config"):
     write_config(

@@ -1,15 +1,10 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-import sys
-from pathlib import Path
+from zhufu.scripting import rule_step
+from zhufu.train.run import train
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-
-from zhufu.launcher import train  # noqa: E402
-from zhufu.scripting import rule_step  # noqa: E402
-
-# XTuner's own output goes to the same log; the exit code is XTuner's.
+# XTuner's own output goes to the same log; a failed XTuner run is one line naming its exit code.
 with rule_step(snakemake, "train"):
-    rc = train(
+    train(
         snakemake.input.config,
         snakemake.params.work_dir,
         deepspeed=snakemake.params.deepspeed,
@@ -17,4 +12,3 @@ with rule_step(snakemake, "train"):
         log_path=snakemake.log[0],
         threads=snakemake.threads,
     )
-sys.exit(rc)

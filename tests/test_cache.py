@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from zhufu.cache import AnswerCache, cache_key, open_readonly
+from zhufu.generate.cache import AnswerCache, cache_key, open_readonly
 
 IDENT = {"kind": "openai", "model": "m", "host": "api.example.com"}
 MSGS = [{"role": "system", "content": "s"}, {"role": "user", "content": "祝姐姐生日"}]

@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import BIN, run_cmd
 
-from zhufu.base_model import build_tiny_model
-from zhufu.chat import build_prompt
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.model.chat import build_prompt
+from zhufu.tianji import TIANJI_SYSTEM
+from zhufu.train.base_model import build_tiny_model
 
 ZHUFU = str(BIN / "zhufu")
 

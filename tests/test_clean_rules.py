@@ -6,18 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zhufu.cleaning import (
-    RuleContext,
-    apply_record_rules,
-    chinese_ratio,
-    count_chars,
-    count_emoji,
-    exact_duplicates,
-    near_duplicates,
-    normalise,
-    repetition_ratio,
-)
 from zhufu.config import load_config
+from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
+from zhufu.data.rules import RuleContext, apply_record_rules, repetition_ratio
+from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 CONFIG = load_config()
 RULES = CONFIG["clean"]
@@ -353,7 +345,7 @@ def test_disabled_rules_do_nothing():
     st.floats(0.05, 0.95),
 )
 def test_the_repetition_fast_path_agrees_with_the_full_ratio(text, n, max_ratio):
-    from zhufu.cleaning import Drop, rule_char_repetition
+    from zhufu.data.rules import Drop, rule_char_repetition
 
     verdict = rule_char_repetition(text, {}, {"ngram": n, "max_ratio": max_ratio}, RuleContext(styles={}))
     assert isinstance(verdict, Drop) == (repetition_ratio(text, n) > max_ratio)
@@ -369,7 +361,7 @@ def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
     import xxhash
     from datasketch import MinHash
 
-    from zhufu.cleaning import minhash_signatures, shingles
+    from zhufu.data.dedup import minhash_signatures, shingles
 
     sets = [shingles(t, 3) for t in texts]
     bulk = minhash_signatures(sets, num_perm, seed, chunk_rows=5)
@@ -384,7 +376,7 @@ def test_rules_across_processes_give_the_same_verdicts_as_one_process():
 
     from conftest import ROOT
 
-    from zhufu.cleaning import record_verdicts
+    from zhufu.data.rules import record_verdicts
 
     records = json.loads((ROOT / "tests" / "fixtures" / "dirty.json").read_text())
     items = [(r["conversation"][0]["output"], r["meta"]) for r in records] * 50

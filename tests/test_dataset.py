@@ -222,7 +222,7 @@ def test_card_command_rebuilds_the_same_card(cleaned, config_file):
 
 
 def test_card_for_an_llm_provider_does_not_claim_a_phrase_bank(tmp_path):
-    from zhufu.card import render_card
+    from zhufu.data.card import render_card
 
     train = write(tmp_path / "train.json", [])
     report = {"rows_in": 1, "rows_out": 0, "rows_dropped": 1, "rows_modified": 0, "rules": {}, "kept": []}
@@ -374,7 +374,7 @@ def test_parse_input_recovers_every_cell_from_the_inputs_generation_writes():
     from hypothesis import strategies as st
 
     from zhufu.config import load_config
-    from zhufu.dataset import parse_input
+    from zhufu.data.importing import parse_input
     from zhufu.grid import Cell, cell_rng, training_input
 
     config = load_config()

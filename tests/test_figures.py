@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from zhufu.config import load_config
-from zhufu.figures import FONT_PATH, draw_figures
+from zhufu.data.figures import FONT_PATH, draw_figures
 
 CONFIG = load_config()
 

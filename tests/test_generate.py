@@ -18,7 +18,9 @@ from gen_helpers import KEY, all_shards, make_cli_config, make_config, n_cells, 
 
 from zhufu import grid
 from zhufu.errors import ProviderError
-from zhufu.generate import estimate_shards, generate_shards, iter_cells, shard_config
+from zhufu.generate.estimate import estimate_shards
+from zhufu.generate.run import generate_shards, shard_config
+from zhufu.grid import iter_cells
 
 
 @pytest.fixture(autouse=True)
@@ -265,7 +267,7 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
 
 
 def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
-    from zhufu.limits import backoff_delay
+    from zhufu.generate.limits import backoff_delay
 
     delays = [backoff_delay(8, base=1.0, cap=5.0) for _ in range(200)]
     assert max(delays) <= 5.0 and len(set(delays)) > 100
@@ -275,7 +277,7 @@ def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
 def test_tpm_limit_accepts_a_request_larger_than_its_bucket():
     import asyncio
 
-    from zhufu.limits import Limits
+    from zhufu.generate.limits import Limits
 
     async def go():
         limits = Limits(rpm=6000, tpm=60)  # a 10-token bucket; a 500-token request must not raise

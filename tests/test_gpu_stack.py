@@ -37,9 +37,9 @@ def test_a_cuda_version_without_a_library_is_a_mismatch():
 
 @pytest.fixture(scope="module")
 def qlora_config(tmp_path_factory):
-    from zhufu.base_model import build_tiny_model
-    from zhufu.profiles import TIANJI_SYSTEM
-    from zhufu.xtuner_config import write_config
+    from zhufu.tianji import TIANJI_SYSTEM
+    from zhufu.train.base_model import build_tiny_model
+    from zhufu.train.xtuner_config import write_config
 
     root = tmp_path_factory.mktemp("qlora")
     rows = [

@@ -10,8 +10,8 @@ from faultserver import FAULT_KINDS, FaultServer, uniform_faults
 from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
 
 from zhufu.errors import ProviderError
-from zhufu.generate import generate_shards
-from zhufu.providers import parse_retry_after, provider_identity, resolve_api_key
+from zhufu.generate.providers import parse_retry_after, provider_identity, resolve_api_key
+from zhufu.generate.run import generate_shards
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from gen_helpers import KEY, all_shards, make_config, n_cells, read_records
 
 from zhufu.cli import main
 from zhufu.errors import ProviderError
-from zhufu.generate import failures_path, generate_shards
-from zhufu.providers import parse_retry_after
+from zhufu.generate.providers import parse_retry_after
+from zhufu.generate.run import failures_path, generate_shards
 
 
 @pytest.fixture(autouse=True)

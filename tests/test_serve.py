@@ -9,9 +9,9 @@ import urllib.request
 import pytest
 from conftest import ROOT
 
-from zhufu.base_model import build_tiny_model
-from zhufu.chat import load_chat_model, reply
-from zhufu.serve import make_server
+from zhufu.model.chat import load_chat_model, reply
+from zhufu.model.serve import make_server
+from zhufu.train.base_model import build_tiny_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

@@ -29,9 +29,10 @@ from zhufu import teacher
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, build_prompt, cells, load_suitability
+from zhufu.text import EMOJI_RE
 
 ROOT = Path(__file__).resolve().parent.parent
-EMOJI = teacher.EMOJI_RE
+EMOJI = EMOJI_RE
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -375,7 +376,7 @@ def test_the_bank_covers_tianji_recipients_and_scenes(config):
 def test_default_run_data_passes_the_cleaning_rules(client, config):
     """What the teacher writes for the default run is kept by `zhufu clean`: nothing is dropped or rewritten
     except exact duplicates, and those only where a cell's two rounds drew the very same prompt."""
-    from zhufu.dataset import clean_records
+    from zhufu.data.clean import clean_records
 
     matrix = load_suitability(ROOT / config["grid"]["suitability"])
     records, prompt_of = [], {}

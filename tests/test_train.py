@@ -21,10 +21,10 @@ import pytest
 import yaml
 from conftest import BIN, ROOT, run_cmd
 
-from zhufu.base_model import build_tiny_model, check_model_dir, prepare_base_model
 from zhufu.errors import ModelError
-from zhufu.profiles import TIANJI_SYSTEM
-from zhufu.xtuner_config import write_config
+from zhufu.tianji import TIANJI_SYSTEM
+from zhufu.train.base_model import build_tiny_model, check_model_dir, prepare_base_model
+from zhufu.train.xtuner_config import write_config
 
 ZHUFU = str(BIN / "zhufu")
 RECIPIENTS = ["姐姐", "妹妹", "弟弟", "爷爷", "领导", "同事"]

@@ -6,8 +6,9 @@ import pytest
 from conftest import ROOT, run_cmd
 
 from zhufu.errors import ConfigError
-from zhufu.profiles import PROFILES, TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM, resolve_profile
-from zhufu.xtuner_config import write_config
+from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
+from zhufu.train.profiles import PROFILES, resolve_profile
+from zhufu.train.xtuner_config import write_config
 
 
 def render(tmp_path, name, overrides=None, inputs=None):

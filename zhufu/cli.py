@@ -16,40 +16,48 @@ from zhufu.errors import ZhufuError
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve-teacher": (
-        "zhufu.teacher",
+        "zhufu.teacher.server",
         "run the offline OpenAI-compatible teacher (a phrase bank, not an LLM)",
     ),
-    "estimate": ("zhufu.generate", "print the calls, tokens and cost a config would spend, spending nothing"),
-    "generate": ("zhufu.generate", "manufacture raw per-round JSON shards by calling the configured LLM"),
+    "estimate": (
+        "zhufu.generate.estimate",
+        "print the calls, tokens and cost a config would spend, spending nothing",
+    ),
+    "generate": ("zhufu.generate.run", "manufacture raw per-round JSON shards by calling the configured LLM"),
     "spend": (
-        "zhufu.generate",
+        "zhufu.generate.estimate",
         "print the tokens and money spent per provider and model (the cache's ledger)",
     ),
-    "import": ("zhufu.dataset", "turn an existing conversation-format JSON file into a raw shard"),
-    "merge": ("zhufu.dataset", "merge raw shards into one validated list of records"),
-    "clean": ("zhufu.dataset", "apply the cleaning rules: train.json plus a report of every change"),
-    "card": ("zhufu.dataset", "write the dataset card for a cleaned training set"),
-    "check-format": ("zhufu.dataset", "run train.json through XTuner's own dataset processing"),
-    "figures": ("zhufu.figures", "draw the suitability heatmap, length histograms and cell counts"),
+    "import": ("zhufu.data.importing", "turn an existing conversation-format JSON file into a raw shard"),
+    "merge": ("zhufu.data.merge", "merge raw shards into one validated list of records"),
+    "clean": ("zhufu.data.clean", "apply the cleaning rules: train.json plus a report of every change"),
+    "card": ("zhufu.data.card", "write the dataset card for a cleaned training set"),
+    "check-format": ("zhufu.train.format_check", "run train.json through XTuner's own dataset processing"),
+    "figures": ("zhufu.data.figures", "draw the suitability heatmap, length histograms and cell counts"),
     "base-model": (
-        "zhufu.base_model",
+        "zhufu.train.base_model",
         "build the tiny offline model, or resolve/download the configured one",
     ),
-    "render-config": ("zhufu.xtuner_config", "render the XTuner config for the configured training profile"),
-    "train": ("zhufu.launcher", "run XTuner training (resumes from the last checkpoint)"),
-    "pth-to-hf": ("zhufu.launcher", "convert an XTuner .pth checkpoint to a HF adapter"),
-    "merge-model": ("zhufu.launcher", "merge a HF adapter into its base model"),
-    "evaluate": ("zhufu.evaluate", "answer the evaluation inputs with the base and the tuned model"),
-    "chat": ("zhufu.chat", "ask the tuned model for a blessing, once or interactively"),
-    "serve": ("zhufu.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "render-config": (
+        "zhufu.train.xtuner_config",
+        "render the XTuner config for the configured training profile",
+    ),
+    "train": ("zhufu.train.run", "run XTuner training (resumes from the last checkpoint)"),
+    "pth-to-hf": ("zhufu.train.export", "convert an XTuner .pth checkpoint to a HF adapter"),
+    "merge-model": ("zhufu.train.export", "merge a HF adapter into its base model"),
+    "evaluate": ("zhufu.model.evaluate", "answer the evaluation inputs with the base and the tuned model"),
+    "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
+    "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command `only` (so `zhufu merge` never imports torch)."""
     parser = argparse.ArgumentParser(prog="zhufu", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_) in COMMANDS.items():
+    for name in [only] if only else COMMANDS:
+        module, help_ = COMMANDS[name]
         p = sub.add_parser(name, help=help_, description=help_)
         fn = name.replace("-", "_")
         getattr(importlib.import_module(module), f"add_{fn}_arguments")(p)
@@ -58,19 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # Build only the parser of the command being run, so `zhufu merge` never imports torch.
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command in COMMANDS:
-        parser = argparse.ArgumentParser(prog="zhufu")
-        parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-        sub = parser.add_subparsers(dest="command", required=True)
-        module, help_ = COMMANDS[command]
-        p = sub.add_parser(command, help=help_, description=help_)
-        mod = importlib.import_module(module)
-        fn = command.replace("-", "_")
-        getattr(mod, f"add_{fn}_arguments")(p)
-    else:
-        parser = build_parser()
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,41 @@ import yaml
 
 from zhufu.errors import ConfigError
 
+# The workflow's checkout, when the package runs from one: its config.yaml is the CLI's default config.
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = ROOT / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config.yaml"
+# Package data: the top-level schemas/ and resources/ folders are installed as zhufu.schemas and
+# zhufu.resources (pyproject.toml's package-dir), so an installed zhufu reads them without a checkout.
+SCHEMAS = files("zhufu.schemas")
+RESOURCES = files("zhufu.resources")
+
+# The config keys that change what a raw shard contains (rules/generate.smk passes exactly these, with
+# `styles` narrowed to the shard's style).
+SHARD_KEYS = (
+    "seed",
+    "system_prompt",
+    "teacher_system_prompt",
+    "grid",
+    "prompt_template",
+    "injections",
+    "input_templates",
+    "trigger_separator",
+    "provider",
+)
+# The config keys that shape the data: the shards' keys, all the styles, the rounds and the cleaning rules.
+# Training and evaluation keys are left out, so editing them does not rerun clean (and so retrain) just to
+# write a new hash into the dataset card.
+DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
+
+
+def package_file(folder, *parts: str) -> Path:
+    """A file of the package data as a path (a regular install or a checkout; zip imports are not supported)."""
+    return Path(str(folder.joinpath(*parts)))
 
 
 @cache
 def load_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    return yaml.safe_load(SCHEMAS.joinpath("config.schema.yaml").read_text(encoding="utf-8"))
 
 
 def _with_defaults(validator_class):

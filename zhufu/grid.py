@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,17 +81,27 @@ def is_suitable(matrix: dict[tuple[str, str], bool], recipient: str, scene: str)
     return matrix.get((recipient, scene), True)
 
 
+def iter_cells(
+    config: dict, style: str, round_: int, matrix: dict[tuple[str, str], bool] | None = None
+) -> Iterator[Cell]:
+    """The cells of one shard (style × round), in grid order, skipping unsuitable pairs; a generator, so a
+    100k-cell shard never sits in memory as a list."""
+    for r in config["grid"]["recipients"]:
+        for s in config["grid"]["scenes"]:
+            if matrix is None or is_suitable(matrix, r, s):
+                yield Cell(style, round_, r, s)
+
+
 def cells(
     config: dict, style: str, round_: int, matrix: dict[tuple[str, str], bool] | None = None
 ) -> list[Cell]:
-    """The cells of one shard (style × round), in grid order, skipping unsuitable pairs."""
-    grid = config["grid"]
-    return [
-        Cell(style, round_, r, s)
-        for r in grid["recipients"]
-        for s in grid["scenes"]
-        if matrix is None or is_suitable(matrix, r, s)
-    ]
+    return list(iter_cells(config, style, round_, matrix))
+
+
+def config_matrix(config: dict) -> dict[tuple[str, str], bool] | None:
+    """The suitability matrix that config `grid.suitability` names, or None when it names none."""
+    path = config["grid"].get("suitability")
+    return load_suitability(path) if path else None
 
 
 def training_input(config: dict, cell: Cell, rng: random.Random) -> str:

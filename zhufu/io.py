@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader never sees a partial file where a complete one is expected."""
+"""Atomic file and directory writes (a reader never sees a partial file where a complete one is expected),
+and reading JSON with errors that name the file."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,3 +62,30 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{p}: file not found") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def fresh_dir(out: str | os.PathLike) -> tuple[Path, Path]:
+    """(out, an empty temporary path beside it): build the directory there, then `replace_dir` it into place."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return out, tmp
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished directory `tmp` in the place of `out` (a directory, file or link, or nothing)."""
+    if out.is_symlink() or out.is_file():
+        out.unlink()
+    elif out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def file_digest(path: str | os.PathLike, h=None):
+    """A hash object (sha256 unless `h` is given) updated with the bytes of the file, read in chunks."""
+    h = hashlib.sha256() if h is None else h
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h

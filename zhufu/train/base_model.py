@@ -12,7 +12,8 @@ Three sources (config `model.source`):
 For `path` and `modelscope`, `results/base_model/` is a directory of symbolic links, one per entry of the
 model directory, plus `zhufu_model.json`, which records where the links point. Every consumer (XTuner,
 transformers, `zhufu chat`) reads it as an ordinary model directory, and nothing is ever written into the
-user's model directory.
+user's model directory. torch, transformers, tokenizers and modelscope are imported inside the functions
+that use them: they take seconds to import, and the `path` source needs none of them.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from zhufu.config import load_config
 from zhufu.errors import ModelError
-from zhufu.io import read_json, write_json
+from zhufu.io import fresh_dir, read_json, replace_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,7 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False
     )
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out, tmp = fresh_dir(out_dir)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     write_json(
@@ -174,7 +173,7 @@ def build_tiny_model(
             "vocab_size": len(tokenizer),
         },
     )
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     log.info(
         "built tiny Qwen2 (%d layers, hidden %d, vocab %d) in %s",
         num_layers,
@@ -185,29 +184,19 @@ def build_tiny_model(
     return out
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.is_symlink() or out.is_file():
-        out.unlink()
-    elif out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def link_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Make `out_dir` a directory of links to every entry of `model_dir`, plus a record of the origin."""
     src = check_model_dir(
         model_dir, "model.path" if record.get("source") == "path" else "model directory"
     ).resolve()
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out, tmp = fresh_dir(out_dir)
     tmp.mkdir(parents=True)
     for entry in sorted(src.iterdir()):
         if entry.name == RECORD:
             continue
         (tmp / entry.name).symlink_to(entry)
     write_json(tmp / RECORD, {**record, "resolved": str(src)})
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     log.info("linked %s into %s", src, out)
     return out
 
@@ -283,8 +272,6 @@ def add_base_model_arguments(parser) -> None:
 
 
 def run_base_model(args) -> int:
-    from zhufu.config import load_config
-
     config = load_config(args.config)
     out = prepare_from_config(config, args.output, args.train or "results/data/train.json")
     print(out)

@@ -8,6 +8,8 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from zhufu.model.chat import load_chat_model, reply
+
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 200
@@ -68,8 +70,6 @@ def make_server(
     chat, host: str = "127.0.0.1", port: int = 0, *, label: str = "", **reply_kwargs
 ) -> ThreadingHTTPServer:
     """An HTTP server answering GET / (the page) and POST /api/chat ({"text"} -> {"output"})."""
-    from zhufu.chat import reply
-
     lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
     page = (
         PAGE.replace("__MODEL__", label or "model").replace("__MAX__", str(MAX_INPUT_CHARS)).encode("utf-8")
@@ -143,8 +143,6 @@ def add_serve_arguments(parser) -> None:
 
 
 def run_serve(args) -> int:
-    from zhufu.chat import load_chat_model
-
     chat = load_chat_model(args.model, adapter=args.adapter)
     server = make_server(
         chat,

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from zhufu.io import write_text
+from zhufu.config import DATA_KEYS, load_config
+from zhufu.io import file_digest, read_json, write_text
 
 OFFLINE_NOTICE = "This data was composed by Zhufu's offline teacher, a phrase bank, not an LLM."
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
@@ -67,7 +61,7 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
         f"- seed: `{provenance.get('seed')}`",
         f"- config hash: `{provenance.get('config_hash')}` (of the keys that shape the data: seed, grid, styles, "
         "prompts, provider, clean)",
-        f"- sha256 of `{Path(train_path).name}`: `{sha256_of(train_path)}`",
+        f"- sha256 of `{Path(train_path).name}`: `{file_digest(train_path).hexdigest()}`",
         "",
         "Sources in merged.json:",
         "",
@@ -103,3 +97,38 @@ def write_card(
     out: str | Path, train_path: str | Path, report: dict, records: list[dict], provenance: dict
 ) -> None:
     write_text(out, render_card(train_path, report, records, provenance))
+
+
+def data_config_hash(config: dict) -> str:
+    blob = json.dumps({k: config.get(k) for k in DATA_KEYS}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def provenance_from_config(config: dict) -> dict:
+    return {
+        "provider": config["provider"]["kind"],
+        "model": config["provider"]["model"],
+        "seed": config["seed"],
+        "config_hash": data_config_hash(config),
+    }
+
+
+def add_card_arguments(parser) -> None:
+    parser.add_argument("train", help="train.json")
+    parser.add_argument("--report", required=True, help="the clean report written with it")
+    parser.add_argument("--merged", required=True, help="the merged JSON it was cleaned from")
+    parser.add_argument("-o", "--output", required=True, help="card to write (markdown)")
+    parser.add_argument("--config", help="config recorded in the card (default config.yaml)")
+
+
+def run_card(args) -> int:
+    config = load_config(args.config)
+    write_card(
+        args.output,
+        args.train,
+        read_json(args.report),
+        read_json(args.merged),
+        provenance_from_config(config),
+    )
+    print(args.output)
+    return 0

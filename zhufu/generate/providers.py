@@ -6,8 +6,10 @@ Kinds:
 - ``zhipuai``: glm-4 via the ``zhipuai`` SDK, which is synchronous, so calls run in a thread pool.
 
 The SDKs' own retries are disabled (``max_retries=0``): retries, backoff and rate limits are owned by
-`zhufu.generate`, which needs to see every failure to count it and to honour Retry-After across workers.
-Every failure is turned into a `CallError` that says whether it is worth retrying.
+`zhufu.generate.run`, which needs to see every failure to count it and to honour Retry-After across workers.
+Every failure is turned into a `CallError` that says whether it is worth retrying. Each SDK (openai,
+zhipuai, httpx) is imported when its provider is made: a run needs only the configured one, and zhipuai
+alone takes about a second to import.
 """
 
 from __future__ import annotations

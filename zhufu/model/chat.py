@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from zhufu.errors import ModelError
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.tianji import TIANJI_SYSTEM
+from zhufu.train.base_model import check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ class ChatModel:
 
 def load_chat_model(path: str | os.PathLike, adapter: str | os.PathLike | None = None) -> ChatModel:
     """Load a model directory (and optionally a LoRA adapter on top) for generation."""
-    from zhufu.base_model import check_model_dir
-
     check_model_dir(
         path, "model directory", "pass a model directory, e.g. results/model/merged (make run writes it)"
     )

@@ -8,24 +8,20 @@ tuned model differ from the base model's. Decoding is greedy, so the same models
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 from typing import Any
 
+from zhufu.config import load_config
 from zhufu.io import write_json, write_jsonl
-from zhufu.profiles import TIANJI_SYSTEM
+from zhufu.model.chat import load_chat_model, reply
+from zhufu.text import count_chars, has_emoji
+from zhufu.tianji import TIANJI_SYSTEM
 
 log = logging.getLogger(__name__)
 
-EMOJI = re.compile(
-    "[\U0001f300-\U0001faff\U00002600-\U000027bf\U0001f000-\U0001f2ff\U00002b00-\U00002bff\u2728\u2b50\u3030\u303d]"
-)
 XHS = "小红书"
-
-
-def has_emoji(text: str) -> bool:
-    return bool(EMOJI.search(text))
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -38,7 +34,7 @@ def model_metrics(rows: list[dict[str, str]]) -> dict[str, Any]:
     xhs = [r["output"] for r in rows if XHS in r["input"]]
     return {
         "answers": len(outputs),
-        "mean_chars": round(sum(map(len, outputs)) / len(outputs), 2) if outputs else 0.0,
+        "mean_chars": round(sum(map(count_chars, outputs)) / len(outputs), 2) if outputs else 0.0,
         "empty_answers": sum(1 for o in outputs if not o.strip()),
         "xhs_answers": len(xhs),
         "xhs_emoji_rate": round(sum(map(has_emoji, xhs)) / len(xhs), 4) if xhs else None,
@@ -72,8 +68,6 @@ def evaluate(
     adapter: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write generations and metrics; the tuned model is `tuned_model`, or `base_model` + `adapter`."""
-    from zhufu.chat import load_chat_model, reply
-
     rows: list[dict[str, str]] = []
     for name, path, extra in (("base", base_model, None), ("tuned", tuned_model, adapter)):
         chat = load_chat_model(path, extra)
@@ -105,10 +99,6 @@ def add_evaluate_arguments(parser) -> None:
 
 
 def run_evaluate(args) -> int:
-    import json
-
-    from zhufu.config import load_config
-
     config = load_config(args.config)
     metrics = evaluate(
         args.base,

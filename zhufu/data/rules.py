@@ -5,60 +5,25 @@ or drops the record (reported with the text). `input` is never rewritten. Record
 RECORD_RULES; the three repairs that peel text off the edges (meta_answer, wrapping_quotes,
 leading_punctuation) are repeated until none changes anything, because they uncover each other
 (「好的，以下是祝福：“！啦～生日快乐”」). The set rules (exact_dedup, near_dedup) run last and keep the first
-record of each group, in merged order.
+record of each group, in merged order (zhufu.data.dedup).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from zhufu.grid import is_suitable
-
-# Emoji: pictographs plus the joiners and modifiers that glue one visible emoji together.
-_EMOJI_BASE = (
-    "\U0001f000-\U0001f02f\U0001f0a0-\U0001f0ff\U0001f100-\U0001f1ff\U0001f200-\U0001f2ff"
-    "\U0001f300-\U0001f5ff\U0001f600-\U0001f64f\U0001f680-\U0001f6ff\U0001f700-\U0001f7ff"
-    "\U0001f800-\U0001f8ff\U0001f900-\U0001f9ff\U0001fa00-\U0001faff\u2600-\u27bf\u2b50\u2b55"
-    "\u2b06\u2b07\u2b05\u2934\u2935\u3030\u303d\u3297\u3299\u00a9\u00ae\u203c\u2049\u2122\u2139"
-)
-EMOJI_RE = re.compile(
-    f"[{_EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{_EMOJI_BASE}](?:\ufe0f)?)*"
-)
-_WHITESPACE = re.compile(r"\s+")
+from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 # Punctuation that may stray at the start of an answer. Opening quotes and brackets are not in it.
 LEADING_PUNCT = set("!！。，,、；;：:？?…~～·.—-_ \t\r\n　")
 CLOSING_OF = {'"': '"', "“": "”", "「": "」", "『": "』", "'": "'", "‘": "’", "＂": "＂"}
-
-
-_HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002fa1f\uf900-\ufaff"
-HAN_RE = re.compile(f"[{_HAN}]")
-LETTER_RE = re.compile(r"[^\W\d_]")  # any Unicode letter: Han, Latin, kana, …
-NON_HAN_LETTER_RE = re.compile(f"[^\\W\\d_{_HAN}]")
-_NOT_COUNTED = re.compile("[\\s\ufe0f\u200d]")
-
-
-def is_han(ch: str) -> bool:
-    return HAN_RE.match(ch) is not None
-
-
-def count_chars(text: str) -> int:
-    """Characters a reader sees: code points, without whitespace and emoji joiners (chars, not bytes)."""
-    return len(text) - len(_NOT_COUNTED.findall(text))
-
-
-def count_emoji(text: str) -> int:
-    return len(EMOJI_RE.findall(text))
-
-
-def normalise(text: str) -> str:
-    """The dedup key of a text: NFKC, lower case, only letters, digits and Han (no punctuation, emoji, space)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(ch for ch in text if ch.isalnum() and not EMOJI_RE.match(ch))
 
 
 @dataclass
@@ -173,15 +138,6 @@ def rule_list_items(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str |
         if m:
             return Drop(f"several alternatives in one answer: {m.group(0)!r}")
     return text
-
-
-def chinese_ratio(text: str) -> float:
-    """Han characters among all letters (Han, Latin, kana, …); digits, punctuation and emoji do not count."""
-    others = len(NON_HAN_LETTER_RE.findall(text))
-    if not others:  # the usual case: one scan
-        return 1.0 if HAN_RE.search(text) else 0.0
-    han = len(HAN_RE.findall(text))
-    return han / (han + others)
 
 
 def rule_chinese_ratio(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
@@ -340,92 +296,6 @@ def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext)
     return Verdict(text, changes, drop)
 
 
-def shingles(key: str, n: int) -> set[bytes]:
-    """Character n-grams of a normalised text (the whole text when it is shorter than n)."""
-    if len(key) <= n:
-        return {key.encode("utf-8")}
-    return {key[i : i + n].encode("utf-8") for i in range(len(key) - n + 1)}
-
-
-def exact_duplicates(keys: list[str]) -> dict[int, int]:
-    """index -> index of the first record with the same normalised text."""
-    first: dict[str, int] = {}
-    dups: dict[int, int] = {}
-    for i, key in enumerate(keys):
-        j = first.setdefault(key, i)
-        if j != i:
-            dups[i] = j
-    return dups
-
-
-def minhash_signatures(sets, num_perm: int, seed: int, chunk_rows: int = 4096):
-    """MinHash signatures (rows × num_perm, uint32) of byte-string sets, computed in bulk with numpy.
-
-    Bit for bit what datasketch's MinHash(num_perm, seed, hashfunc=xxh32) gives after update_batch (the
-    "affine32" scheme: MurmurHash3 finalizer, then a·h + b mod 2^32 per permutation), without building a
-    Python object per row.
-    """
-    import numpy as np
-    import xxhash
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    a, b = a.astype(np.uint32), b.astype(np.uint32)
-    h32 = xxhash.xxh32_intdigest
-    out: list = []
-    rows = iter(sets)
-    while True:
-        block = [row for _, row in zip(range(chunk_rows), rows, strict=False)]
-        if not block:
-            break
-        lengths = np.fromiter((len(r) for r in block), dtype=np.int64, count=len(block))
-        hv = np.fromiter((h32(x) for r in block for x in r), dtype=np.uint32, count=int(lengths.sum()))
-        hv ^= hv >> np.uint32(16)
-        hv *= np.uint32(0x85EBCA6B)
-        hv ^= hv >> np.uint32(13)
-        hv *= np.uint32(0xC2B2AE35)
-        hv ^= hv >> np.uint32(16)
-        permuted = hv[:, None] * a[None, :] + b[None, :]
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        out.append(np.minimum.reduceat(permuted, starts, axis=0))
-    return np.concatenate(out) if out else np.zeros((0, num_perm), dtype=np.uint32)
-
-
-def near_duplicates(
-    keys: list[str], ngram: int, threshold: float, num_perm: int, seed: int = 1
-) -> dict[int, tuple[int, float]]:
-    """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
-
-    MinHash over character n-grams finds candidates with datasketch's MinHashLSH; each candidate is
-    confirmed with the exact Jaccard of the two n-gram sets, so the LSH's false positives drop nothing. A
-    record is compared with earlier kept records only, so the first of each group stays.
-    """
-    from datasketch import MinHash, MinHashLSH
-
-    signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    # One MinHash carries each row's signature into the LSH (which keeps band hashes, not the object).
-    carrier = MinHash(num_perm=num_perm, seed=seed)
-    dups: dict[int, tuple[int, float]] = {}
-    for i in range(len(keys)):
-        carrier.hashvalues = signatures[i]
-        best: tuple[int, float] | None = None
-        candidates = lsh.query(carrier)
-        if candidates:
-            # n-gram sets are rebuilt when needed rather than kept: at 1M rows they would cost gigabytes
-            mine = shingles(keys[i], ngram)
-            for j in candidates:
-                theirs = shingles(keys[j], ngram)
-                jac = len(mine & theirs) / len(mine | theirs)
-                if jac >= threshold and (best is None or jac > best[1] or (jac == best[1] and j < best[0])):
-                    best = (j, jac)
-        if best is not None:
-            dups[i] = best
-        else:
-            lsh.insert(i, carrier, check_duplication=False)
-    return dups
-
-
 _WORKER: dict = {}
 
 
@@ -451,16 +321,11 @@ def record_verdicts(
     workers: int | None = None,
 ) -> list[Verdict]:
     """apply_record_rules over (text, meta) pairs, in order; large inputs are split across the CPU cores."""
-    import os
-
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
         return [apply_record_rules(text, meta, rules_cfg, ctx) for text, meta in items]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     size = max(5_000, len(items) // (workers * 2) + 1)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(

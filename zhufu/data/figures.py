@@ -1,6 +1,8 @@
 """Figures of the dataset: suitability heatmap, length histograms per style, counts per cell after cleaning.
 
 Chinese labels are drawn with the font shipped in resources/fonts/, so no system CJK font is needed.
+matplotlib and numpy are imported when a figure is drawn: matplotlib is slow to import, and its backend
+must be chosen (`matplotlib.use("Agg")`) before pyplot is imported.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from zhufu.config import ROOT
+from zhufu.config import RESOURCES, load_config, package_file
 from zhufu.errors import ConfigError
+from zhufu.grid import is_suitable, load_suitability
 from zhufu.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
-FONT_PATH = ROOT / "resources" / "fonts" / "WenQuanYiMicroHei.ttf"
+FONT_PATH = package_file(RESOURCES, "fonts", "WenQuanYiMicroHei.ttf")
 
 
 def cjk_font():
@@ -48,8 +51,6 @@ def _save(fig, out: str | Path) -> None:
 def suitability_figure(matrix: dict, recipients: list[str], scenes: list[str], out: str | Path) -> None:
     import numpy as np
     from matplotlib.colors import ListedColormap
-
-    from zhufu.grid import is_suitable
 
     plt = _setup()
     data = np.array([[1 if is_suitable(matrix, r, s) else 0 for s in scenes] for r in recipients])
@@ -142,8 +143,6 @@ def draw_figures(
     out_cells: str | Path,
 ) -> None:
     """All three figures from the clean report's `kept` list and the suitability matrix."""
-    from zhufu.grid import load_suitability
-
     kept = read_json(report)["kept"]
     matrix = load_suitability(suitability) if suitability else {}
     suitability_figure(matrix, recipients, scenes, out_suitability)
@@ -163,8 +162,6 @@ def add_figures_arguments(parser) -> None:
 
 
 def run_figures(args) -> int:
-    from zhufu.config import load_config
-
     config = load_config(args.config)
     out = Path(args.outdir)
     names = [out / f"{n}.png" for n in ("suitability", "lengths", "cells")]

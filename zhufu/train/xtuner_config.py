@@ -1,6 +1,6 @@
 """Render the XTuner config of a training profile from one jinja2 template.
 
-The template (zhufu/templates/xtuner_config.py.j2) follows XTuner's own configs part by part, so a user
+The template (zhufu/train/templates/xtuner_config.py.j2) follows XTuner's own configs part by part, so a user
 who knows XTuner reads it at once. Every value is a Python literal written with `repr`, because mmengine
 parses the file lazily and cannot evaluate calls.
 """
@@ -12,9 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from zhufu import __version__
+from zhufu.config import load_config
 from zhufu.errors import ConfigError
 from zhufu.io import write_text
-from zhufu.profiles import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM, resolve_profile
+from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
+from zhufu.train.profiles import PROFILES, resolve_profile
 
 TEMPLATE = "xtuner_config.py.j2"
 
@@ -35,10 +40,8 @@ def _literal(value: Any) -> str:
 
 
 def _environment():
-    import jinja2
-
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("zhufu", "templates"),
+        loader=jinja2.PackageLoader("zhufu.train", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -57,9 +60,7 @@ def render_config(
     system: str = TIANJI_SYSTEM,
     evaluation_inputs: list[str] | None = None,
 ) -> str:
-    """The text of the XTuner config for a resolved profile (see zhufu.profiles.resolve_profile)."""
-    from zhufu import __version__
-
+    """The text of the XTuner config for a resolved profile (see zhufu.train.profiles.resolve_profile)."""
     # mmengine's LinearLR over a single step never leaves start_factor: warm up over 2 steps at least.
     warmup_iters = (
         max(2, round(profile["warmup_ratio"] * profile["max_iters"])) if profile["max_iters"] else None
@@ -120,9 +121,6 @@ def add_render_config_arguments(parser) -> None:
 
 
 def run_render_config(args) -> int:
-    from zhufu.config import load_config
-    from zhufu.profiles import PROFILES
-
     if args.list:
         for name, profile in PROFILES.items():
             print(f"{name}: {profile['description']}")

@@ -15,16 +15,6 @@ from typing import Any
 
 from zhufu.errors import ConfigError
 
-TIANJI_SYSTEM = "你现在是一个送祝福大师，帮我针对不同人和事情、节日送对应的祝福"
-TIANJI_EVALUATION_INPUTS = [
-    "祝姐姐生日快乐",
-    "祝姐姐生日快乐，严肃风格",
-    "祝姐姐生日快乐,小红书风格",
-    "祝妹妹谈判顺利，小红书风格",
-    "祝大家元宵节快乐",
-    "祝领导春节快乐，严肃风格",
-]
-
 # Every key a profile may have, with its meaning. The defaults are the cpu-tiny profile's.
 BASE: dict[str, Any] = {
     "description": "",

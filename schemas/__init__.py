@@ -1,0 +1,1 @@
+"""Package data, installed as `zhufu.schemas`: the config and record schemas (JSON Schema in YAML)."""

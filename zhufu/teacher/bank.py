@@ -1,0 +1,46 @@
+"""The offline teacher's phrase bank (resources/phrases.yaml): read once, checked, with errors that name the key."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from zhufu.config import RESOURCES, package_file
+from zhufu.errors import ConfigError
+
+DEFAULT_PHRASES = package_file(RESOURCES, "phrases.yaml")
+
+
+@lru_cache(maxsize=8)
+def load_phrases(path: str | Path = DEFAULT_PHRASES) -> dict:
+    """Read and check the phrase bank; a ConfigError names the file and the missing key."""
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            bank = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{p}: phrase bank not found (pass --phrases PATH or restore resources/phrases.yaml)"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(bank, dict):
+        raise ConfigError(f"{p}: expected a mapping with categories, recipients, scenes, styles, general")
+    for key in ("categories", "recipients", "scenes", "styles", "general"):
+        if not isinstance(bank.get(key), dict) or not bank[key]:
+            raise ConfigError(f"{p}: key '{key}' is missing or empty")
+    for name, cat in bank["categories"].items():
+        if not cat.get("wish"):
+            raise ConfigError(f"{p}: categories.{name}.wish must list at least one phrase")
+    for name, entry in bank["recipients"].items():
+        if entry.get("category") not in bank["categories"]:
+            raise ConfigError(
+                f"{p}: recipients.{name}.category {entry.get('category')!r} is not in categories"
+            )
+    for name, scene in bank["scenes"].items():
+        for key in ("greet", "wish", "cute", "formal_open", "formal"):
+            if not scene.get(key):
+                raise ConfigError(f"{p}: scenes.{name}.{key} must list at least one phrase")
+    return bank

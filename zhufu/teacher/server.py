@@ -1,0 +1,308 @@
+"""Zhufu's offline teacher: an OpenAI-compatible HTTP server that composes blessings from a phrase bank.
+
+It is a stand-in so that the default workflow runs with no API key and no GPU. It is NOT a language
+model: it reads the recipient, scene, style, length limit and extra rules out of the generation prompt
+that `zhufu.grid.build_prompt` writes, and assembles a Chinese blessing from `resources/phrases.yaml`.
+Every answer says so (`system_fingerprint`), and so does the `zhufu serve-teacher` banner.
+
+Answers are reproducible: the random choices are seeded by a hash of the request's messages,
+temperature and `seed`, so the same request always gets the same answer and different cells differ.
+
+Endpoints: `POST /v1/chat/completions` (also `/chat/completions` and ZhipuAI's
+`/api/paas/v4/chat/completions`), `GET /v1/models`, and `GET /zhufu/stats`, which returns
+`{"requests": n, ...}`: the chat-completion requests received so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.request import urlopen
+
+from zhufu.errors import ProviderError
+from zhufu.teacher.bank import DEFAULT_PHRASES, load_phrases
+from zhufu.teacher.compose import compose
+from zhufu.teacher.prompt import parse_prompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "zhufu-offline-teacher"
+FINGERPRINT = "zhufu-offline-teacher (phrase bank, not an LLM)"
+CHAT_PATHS = {"/v1/chat/completions", "/chat/completions", "/api/paas/v4/chat/completions"}
+STATS_PATHS = {"/zhufu/stats", "/v1/zhufu/stats"}
+MODELS_PATHS = {"/v1/models", "/models", "/api/paas/v4/models"}
+
+
+def request_seed(body: dict, index: int = 0) -> int:
+    """The answer's seed: a hash of the messages, the temperature and the `seed` parameter."""
+    key = json.dumps(
+        {
+            "messages": body.get("messages"),
+            "temperature": body.get("temperature"),
+            "seed": body.get("seed"),
+            "i": index,
+        },
+        ensure_ascii=False,
+        sort_keys=True,
+    )
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+
+
+def _text(content: object) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def answer(body: dict, bank: dict, index: int = 0) -> str:
+    """The blessing the teacher gives for a chat-completion request body."""
+    users = [_text(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
+    ask = parse_prompt(users[-1] if users else "", bank)
+    return compose(ask, bank, random.Random(request_seed(body, index)))
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+def _check_body(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise _BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("'messages' must be a non-empty list", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise _BadRequest(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
+    n = body.get("n", 1)
+    if not isinstance(n, int) or not 1 <= n <= 16:
+        raise _BadRequest("'n' must be an integer from 1 to 16", "n")
+    return body
+
+
+def completion(body: dict, bank: dict) -> dict:
+    """A complete OpenAI-shaped chat.completion for a (checked) request body."""
+    prompt_tokens = sum(len(_text(m.get("content"))) for m in body["messages"])
+    max_tokens = body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None
+    choices, completion_tokens = [], 0
+    for i in range(body.get("n", 1)):
+        text, finish = answer(body, bank, i), "stop"
+        if max_tokens is not None and len(text) > max_tokens:
+            text, finish = text[:max_tokens], "length"
+        completion_tokens += len(text)
+        choices.append(
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        )
+    return {
+        "id": f"chatcmpl-zhufu-{request_seed(body):016x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or DEFAULT_MODEL,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _error(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class TeacherServer(ThreadingHTTPServer):
+    """The HTTP server; `request_count` counts chat-completion requests (answered or not)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], phrases: str | Path = DEFAULT_PHRASES):
+        self.bank = load_phrases(str(phrases))
+        self.request_count = 0
+        self.completion_count = 0
+        self.error_count = 0
+        self._lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def count(self, field: str) -> None:
+        with self._lock:
+            setattr(self, field, getattr(self, field) + 1)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "requests": self.request_count,
+                "completions": self.completion_count,
+                "errors": self.error_count,
+            }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: TeacherServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait 40 ms between them
+    server_version = "zhufu-offline-teacher"
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def do_GET(self) -> None:
+        path = self._path()
+        if path in MODELS_PATHS:
+            model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "zhufu"}
+            self._send_json(200, {"object": "list", "data": [model]})
+        elif path in STATS_PATHS:
+            self._send_json(200, self.server.stats())
+        else:
+            self._send_json(404, _error(f"no such endpoint: GET {path}", "not_found_error", code="not_found"))
+
+    def do_POST(self) -> None:
+        path = self._path()
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        if path not in CHAT_PATHS:
+            self._send_json(
+                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found")
+            )
+            return
+        self.server.count("request_count")
+        try:
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise _BadRequest(f"the request body is not valid JSON: {e}") from None
+            body = _check_body(body)
+            payload = completion(body, self.server.bank)
+        except _BadRequest as e:
+            self.server.count("error_count")
+            self._send_json(400, _error(str(e), "invalid_request_error", e.param))
+            return
+        self.server.count("completion_count")
+        if body.get("stream"):
+            self._stream(payload)
+        else:
+            self._send_json(200, payload)
+
+    def _stream(self, payload: dict) -> None:
+        """Server-sent events: one content chunk per choice, then a final chunk with usage, then [DONE]."""
+        base = {k: payload[k] for k in ("id", "created", "model", "system_fingerprint")}
+        events = []
+        for ch in payload["choices"]:
+            delta = {"role": "assistant", "content": ch["message"]["content"]}
+            events.append(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": ch["index"], "delta": delta}],
+                }
+            )
+            done = {"index": ch["index"], "delta": {}, "finish_reason": ch["finish_reason"]}
+            events.append({**base, "object": "chat.completion.chunk", "choices": [done]})
+        events.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": payload["usage"]})
+        data = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
+        raw = data.encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def start_teacher(
+    host: str = "127.0.0.1", port: int = 0, phrases: str | Path = DEFAULT_PHRASES
+) -> TeacherServer:
+    """Start the teacher in a background thread; call `.shutdown()` and `.server_close()` to stop it."""
+    try:
+        server = TeacherServer((host, port), phrases)
+    except OSError as e:
+        raise ProviderError(
+            f"offline teacher: cannot listen on {host}:{port} ({e.strerror}); use another --port"
+        ) from None
+    threading.Thread(target=server.serve_forever, name="zhufu-teacher", daemon=True).start()
+    log.info("offline teacher (%s) at %s", FINGERPRINT, server.base_url)
+    return server
+
+
+@contextmanager
+def running_teacher(
+    host: str = "127.0.0.1", port: int = 0, phrases: str | Path = DEFAULT_PHRASES
+) -> Iterator[str]:
+    """Run the teacher for the duration of a `with` block; yields its base_url (http://127.0.0.1:PORT/v1)."""
+    server = start_teacher(host, port, phrases)
+    try:
+        yield server.base_url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def teacher_stats(base_url: str, timeout: float = 5.0) -> dict:
+    """`GET /zhufu/stats` of a running teacher: {"requests": n, "completions": n, "errors": n}."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    with urlopen(f"{root}/zhufu/stats", timeout=timeout) as resp:
+        return json.loads(resp.read().decode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI: zhufu serve-teacher
+
+
+def add_serve_teacher_arguments(parser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
+    )
+    parser.add_argument(
+        "--phrases", default=str(DEFAULT_PHRASES), help="phrase bank YAML (default: %(default)s)"
+    )
+
+
+def run_serve_teacher(args) -> int:
+    server = start_teacher(args.host, args.port, args.phrases)
+    print(
+        f"Zhufu offline teacher: a phrase bank, NOT an LLM. It composes blessings from {args.phrases}\n"
+        f"so the workflow runs without an API key. OpenAI-compatible endpoint: {server.base_url}\n"
+        f"(ZhipuAI path: {server.base_url.removesuffix('/v1')}/api/paas/v4). Ctrl-C stops it.",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    print(f"served {server.request_count} chat-completion requests", flush=True)
+    return 0
