@@ -54,8 +54,8 @@ def main() -> None:
         cmd = [str(BIN / "zhufu"), "train", str(bench_config), "--work-dir", str(work_dir), "--no-resume"]
         cmd += ["--threads", str(args.threads)]
         if name == "job":
-            cmd = ["srun", "-A", args.account, "-p", args.partition, "--gpus=1", "-c", str(args.threads)]
-            cmd += ["--mem=4000", "-t", "30", *cmd]
+            srun = ["srun", "-A", args.account, "-p", args.partition, "--gpus=1", "-c", str(args.threads)]
+            cmd = [*srun, "--mem=4000", "-t", "30", *cmd]
         log = open(project / f"results/train/bench_{name}.out", "w")  # noqa: SIM115
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         runs[name] = (
