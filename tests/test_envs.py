@@ -111,6 +111,16 @@ def test_train_env_installs_xtuner_and_deepspeed_after_the_env():
     assert "--no-deps --require-hashes --no-build-isolation" in post
 
 
+@pytest.mark.parametrize("env", ENVS, ids=lambda p: p.name)
+def test_every_env_installs_the_checkout_for_the_scripts(env):
+    """The rules' scripts import zhufu; a conda env has it only through its post-deploy script."""
+    post = env.with_suffix(".post-deploy.sh").read_text()
+    assert post.rstrip().endswith("python -m pip install --no-deps --no-build-isolation -e .")
+    spec = yaml.safe_load(env.read_text())
+    pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
+    assert {"setuptools", "wheel"} <= set(entries("\n".join(pip))), "editable installs build with these"
+
+
 def test_data_env_has_no_training_stack():
     spec = (ROOT / "envs" / "data.yaml").read_text()
     for heavy in ("torch==", "transformers==", "xtuner==", "pandas==", "datasets=="):

@@ -14,8 +14,9 @@ The conda envs (one per rule family) are cut from the lock: each env's roots (EN
 require, transitively, as the venv's package metadata says, each line with the lock's pin and hashes, under
 `--require-hashes` (so pip refuses any package the env does not list). Two packages can't go through conda's
 pip step, which always resolves dependencies: xtuner (it pins bitsandbytes==0.45.0, which has no CUDA 12.8
-library) and deepspeed (its setup.py imports torch). envs/train.post-deploy.sh, which Snakemake runs once
-in the new env, installs both with --no-deps --no-build-isolation, hashes checked.
+library) and deepspeed (its setup.py imports torch): envs/train.post-deploy.sh, which Snakemake runs once
+in the new env, installs both with --no-deps --no-build-isolation, hashes checked. Every env's post-deploy
+script also installs the checkout itself, editable, since the rules' scripts import zhufu.
 """
 
 from __future__ import annotations
@@ -180,19 +181,14 @@ def write_envs(out: Path = ENVS) -> None:
     for env, roots in ENV_ROOTS.items():
         later = [norm(n) for n in POST_DEPLOY.get(env, [])]
         names = closure(roots, set(entries))
-        tools = [t for t in BUILD_TOOLS if t != "pip"] if later else []
+        tools = [t for t in BUILD_TOOLS if t != "pip"]
         pip = ["--require-hashes"] + [entries[n] for n in tools]
         pip += [entries[n] for n in sorted(names - set(later) - set(tools))]
         lines = [
             f"# Pinned env for {ENV_PURPOSE[env]}.",
             "# Written by tools/lock.py --envs from requirements.lock: every package the env installs, transitive",
             "# ones included, with the lock's pins and hashes (tests/test_envs.py checks that it equals the lock).",
-        ]
-        if later:
-            lines.append(
-                f"# {env}.post-deploy.sh then installs {', '.join(later)} (see tools/lock.py for why)."
-            )
-        lines += [
+            f"# {env}.post-deploy.sh then installs {', '.join(later + ['zhufu'])} (see tools/lock.py for why).",
             f"name: zhufu-{env}",
             "channels:",
             "  - conda-forge",
@@ -204,13 +200,16 @@ def write_envs(out: Path = ENVS) -> None:
         ]
         lines += [f"      - {json.dumps(item, ensure_ascii=False)}" for item in pip]
         (out / f"{env}.yaml").write_text("\n".join(lines) + "\n")
+        script = [
+            "#!/usr/bin/env bash",
+            "# Written by tools/lock.py --envs. Snakemake runs this once inside the new conda env (--sdm conda),",
+            "# from the directory it runs in: the checkout's root.",
+            "set -euo pipefail",
+        ]
         if later:
-            script = [
-                "#!/usr/bin/env bash",
-                "# Written by tools/lock.py --envs. Snakemake runs this once inside the new conda env (--sdm conda).",
-                "# These packages can't go through conda's pip step: xtuner pins bitsandbytes==0.45.0 (no CUDA 12.8",
-                "# library), and deepspeed's setup.py imports torch. Same pins and hashes as requirements.lock.",
-                "set -euo pipefail",
+            script += [
+                "# These can't go through conda's pip step: xtuner pins bitsandbytes==0.45.0 (no CUDA 12.8 library),",
+                "# and deepspeed's setup.py imports torch. Same pins and hashes as requirements.lock.",
                 'req="$(mktemp)"',
                 "trap 'rm -f \"$req\"' EXIT",
                 "cat > \"$req\" <<'EOF'",
@@ -218,10 +217,16 @@ def write_envs(out: Path = ENVS) -> None:
                 "EOF",
                 'python -m pip install --no-deps --require-hashes --no-build-isolation -r "$req"',
             ]
-            path = out / f"{env}.post-deploy.sh"
-            path.write_text("\n".join(script) + "\n")
-            path.chmod(0o755)
-        print(f"lock: wrote envs/{env}.yaml ({len(pip) - 1} packages{', + post-deploy' if later else ''})")
+        script += [
+            "# The rules' scripts import zhufu: install this checkout editable (so an edit of the code needs no",
+            "# new env), with no dependencies of its own beyond what the env pins.",
+            '[ -f pyproject.toml ] && [ -d zhufu ] || { echo "run snakemake from the Zhufu checkout" >&2; exit 1; }',
+            "python -m pip install --no-deps --no-build-isolation -e .",
+        ]
+        path = out / f"{env}.post-deploy.sh"
+        path.write_text("\n".join(script) + "\n")
+        path.chmod(0o755)
+        print(f"lock: wrote envs/{env}.yaml ({len(pip) - 1} packages) and envs/{env}.post-deploy.sh")
 
 
 def main() -> None:
