@@ -62,7 +62,7 @@ def build_model(out: Path, data: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zhufu.base_model import build_tokenizer
+    from zhufu.train.base_model import build_tokenizer
 
     if (out / "config.json").is_file():
         return
@@ -89,7 +89,7 @@ def build_model(out: Path, data: Path) -> None:
 
 
 def write_data(path: Path, records: int) -> None:
-    from zhufu.profiles import TIANJI_SYSTEM
+    from zhufu.tianji import TIANJI_SYSTEM
 
     rng = random.Random(0)
     recipients = ["姐姐", "妹妹", "领导", "同事", "爷爷", "奶奶", "赵老师", "邻居赵大妈"]
@@ -146,9 +146,10 @@ def main() -> int:
     parser.add_argument("--profile", default="internlm2-chat-7b-qlora")
     args = parser.parse_args()
 
-    from zhufu.launcher import train
-    from zhufu.profiles import resolve_profile
-    from zhufu.xtuner_config import write_config
+    from zhufu.errors import ModelError
+    from zhufu.train.profiles import resolve_profile
+    from zhufu.train.run import train
+    from zhufu.train.xtuner_config import write_config
 
     gpu = preflight()
     wd = Path(args.workdir)
@@ -173,7 +174,12 @@ def main() -> int:
     sampler = GpuMemorySampler()
     sampler.start()
     t0 = time.time()
-    rc = train(config, wd / "work_dir", log_path=log, resume=False)
+    try:  # train raises ModelError (with XTuner's exit code) when training fails
+        train(config, wd / "work_dir", log_path=log, resume=False)
+        rc = 0
+    except ModelError as e:
+        print(e)
+        rc = 1
     wall = time.time() - t0
     sampler.stop.set()
     text = log.read_text(encoding="utf-8", errors="replace")

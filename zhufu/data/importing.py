@@ -109,6 +109,11 @@ def import_records(
             {"system": t.get("system") or config["system_prompt"], "input": t["input"], "output": t["output"]}
             for t in conv
         ]
+        if not isinstance(row.get("meta") or {}, dict):
+            raise DataError(f"{source}: row {i}: 'meta' must be an object")
+        for key in ("style_name", "src_input", "id"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise DataError(f"{source}: row {i}: '{key}' must be a string")
         meta = dict(row.get("meta") or {})
         if rule_set is not None:
             meta["rule_set"] = rule_set
