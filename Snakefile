@@ -19,9 +19,13 @@ include: "rules/export.smk"
 include: "rules/evaluate.smk"
 
 
-# Tiny jobs run inside the main Snakemake process, not as cluster jobs.
+# Tiny jobs, and the jobs that need the internet, the API key or the answer cache (generation, the
+# estimate, the base model's download), run on the submitting host, never as cluster jobs.
 localrules:
     all,
+    generate,
+    estimate,
+    base_model,
     merge,
     render_config,
     figures,

@@ -5,6 +5,7 @@ from pathlib import Path
 # The workflow and its scripts import the installed package (tools/bootstrap.sh installs it into .venv).
 from zhufu.config import validate_config
 from zhufu.errors import ConfigError
+from zhufu.generate.providers import hide_api_key_from_jobs
 from zhufu.train.xtuner_config import training_settings
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
@@ -19,6 +20,14 @@ try:
 except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+# On a cluster (e.g. --executor slurm) no job may carry the API key: sbatch --export=ALL would copy it
+# into every job's environment and SLURM's job state. Generation runs on this host (localrules). The
+# executor is known only once the run starts, before the first job is scheduled: here.
+onstart:
+    if workflow.non_local_exec:
+        hide_api_key_from_jobs(config["provider"])
 
 
 def code(*families):

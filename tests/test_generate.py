@@ -13,7 +13,7 @@ import time
 
 import pytest
 from faultserver import FaultServer
-from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
+from gen_helpers import KEY, all_shards, make_cli_config, make_config, n_cells, read_records, write_config
 from helpers import ROOT
 
 from zhufu import grid
@@ -163,7 +163,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_paid(tmp_path):
             server, price={"input_per_1m": 10000, "output_per_1m": 10000}, budget=8.0, concurrency=2
         )
         with pytest.raises(
-            ProviderError, match=r"budget 8.0000 CNY reached after spending \d+\.\d+ CNY; \d+ cells"
+            ProviderError, match=r"budget 8.0000 CNY reached \(spent by all runs: \d+\.\d+ CNY.*; \d+ cells"
         ):
             _run(config, tmp_path)
         paid = server.successes
@@ -184,9 +184,9 @@ def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
     from zhufu.cli import main
 
     with FaultServer() as server:
-        config = make_config(server, price={"input_per_1m": 2, "output_per_1m": 8, "currency": "CNY"})
+        config = make_cli_config(server, price={"input_per_1m": 2, "output_per_1m": 8, "currency": "CNY"})
         cfg = write_config(tmp_path / "c.yaml", config)
-        common = ["--config", str(cfg), "--cache", str(tmp_path / "cache.sqlite")]
+        common = ["--configfile", str(cfg), "--cache", str(tmp_path / "cache.sqlite")]
         assert main(["estimate", *common]) == 0
         out = capsys.readouterr().out
         assert f"total: {n_cells(config)} calls" in out and "CNY" in out and "严肃/round_1" in out
@@ -200,7 +200,7 @@ def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
         with caplog.at_level("INFO", logger="zhufu.generate"):
             assert main(["generate", *common, "-o", str(tmp_path / "raw"), "--no-progress"]) == 0
         summaries = [r.getMessage() for r in caplog.records if "shard written" in r.getMessage()]
-        assert len(summaries) == 4 and "0 failed" in summaries[0]
+        assert len(summaries) == 6 and "0 failed" in summaries[0]
         assert main(["estimate", *common]) == 0
         assert "total: 0 calls" in capsys.readouterr().out
 
@@ -214,7 +214,7 @@ def test_shard_config_holds_only_this_style():
 def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
     """SIGKILL while calls are in flight (the server holds them), then rerun: every cell paid exactly once."""
     with FaultServer(latency=0.01) as server:
-        config = make_config(server, concurrency=4, timeout_s=30)
+        config = make_cli_config(server, concurrency=4, timeout_s=30)
         cfg = write_config(tmp_path / "c.yaml", config)
         cache = tmp_path / "cache.sqlite"
         args = [

@@ -6,7 +6,7 @@ import shutil
 import threading
 
 import pytest
-from conftest import BIN, ROOT, copy_project, run_cmd
+from helpers import BIN, ROOT, copy_project, run_cmd
 
 from zhufu.config import load_config
 from zhufu.data.clean import clean_records

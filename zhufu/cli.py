@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the calls, tokens and cost a config would spend, spending nothing",
     ),
     "generate": ("zhufu.generate.run", "manufacture raw per-round JSON shards by calling the configured LLM"),
+    "spend": (
+        "zhufu.generate.estimate",
+        "print the tokens and money spent per provider and model (the cache's ledger)",
+    ),
     "import": ("zhufu.data.importing", "turn an existing conversation-format JSON file into a raw shard"),
     "merge": ("zhufu.data.merge", "merge raw shards into one validated list of records"),
     "clean": ("zhufu.data.clean", "apply the cleaning rules: train.json plus a report of every change"),
