@@ -68,7 +68,7 @@ def build_model(out: Path, data: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zhufu.base_model import build_tokenizer
+    from zhufu.train.base_model import build_tokenizer
 
     if (out / "config.json").is_file():
         return

@@ -11,7 +11,7 @@ IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 rule import_data:
     input:
         source=lambda wc: IMPORTS[wc.name],
-        code=code("data"),
+        code=code("scripts/import_data.py"),
         schema="schemas/record.schema.yaml",
     output:
         shard="results/raw/imported/{name}.json",
@@ -30,7 +30,7 @@ rule import_data:
 rule merge:
     input:
         shards=SHARDS + IMPORTED,
-        code=code("data"),
+        code=code("scripts/merge.py"),
         schema="schemas/record.schema.yaml",
     output:
         json="results/data/merged.json",
@@ -46,7 +46,7 @@ rule clean:
     input:
         merged=rules.merge.output.json,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("data"),
+        code=code("scripts/clean.py"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",
@@ -73,7 +73,7 @@ rule figures:
     input:
         report=rules.clean.output.report,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("data"),
+        code=code("scripts/figures.py"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
         suitability="results/figures/suitability.png",

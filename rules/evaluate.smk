@@ -5,7 +5,7 @@ rule evaluate:
     input:
         base_model=rules.base_model.output.dir,
         merged=rules.merge_model.output.merged,
-        code=code("train", "model"),
+        code=code("scripts/evaluate.py"),
     output:
         generations="results/eval/generations.jsonl",
         metrics="results/eval/metrics.json",

@@ -15,7 +15,11 @@ wildcard_constraints:
 rule generate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("generate", "teacher"),
+        code=code("scripts/generate.py"),
+        # the offline teacher's phrase bank is its model: an edit reruns the shards (and is a new cache key)
+        phrases=lambda wc: (
+            "resources/phrases.yaml" if config["provider"]["kind"] == "offline" else []
+        ),
     output:
         shard="results/raw/{style}/round_{round}.json",
     log:
@@ -25,6 +29,8 @@ rule generate:
     conda:
         "../envs/generate.yaml"
     params:
+        # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
+        # those from the config at run time, so changing them reruns nothing)
         shard_config=lambda wc: shard_config(config, wc.style),
         cache=config["cache"],
     script:

@@ -99,6 +99,21 @@ def test_schema_defaults_match_the_default_config():
     assert evaluate_inputs == config["evaluate"]["inputs"]
 
 
+def test_training_eval_inputs_default_to_tianjis_six():
+    """train.eval_inputs (the training-time hook's list) is Tianji's six, whatever evaluate.inputs says."""
+    from zhufu.tianji import TIANJI_EVALUATION_INPUTS
+
+    config = load_config()
+    config_with_more = {**config, "evaluate": {"inputs": ["祝爷爷中秋节快乐"]}}
+    del config_with_more["train"]
+    from zhufu.config import validate_config
+
+    validate_config(config_with_more)
+    assert config["train"]["eval_inputs"] == list(TIANJI_EVALUATION_INPUTS)
+    assert config_with_more["train"]["eval_inputs"] == list(TIANJI_EVALUATION_INPUTS)
+    assert len(TIANJI_EVALUATION_INPUTS) == 6
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate_over_the_default(name, base):
     """As `snakemake --configfile configs/NAME` uses them: merged over config.yaml."""

@@ -82,11 +82,16 @@ def sampling_params(provider: dict) -> dict:
 def provider_identity(provider: dict) -> dict:
     """Who answers, for the cache key: kind, endpoint host (not port, not key) and model.
 
-    The offline teacher runs on a random port of 127.0.0.1, so its endpoint is left out entirely; for
-    remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM serving the same name.
+    The offline teacher runs on a random port of 127.0.0.1, so its endpoint is left out entirely, and the
+    hash of its phrase bank (resources/phrases.yaml) stands in for a model's weights; for remote kinds the
+    host tells DeepSeek's `deepseek-chat` from a local vLLM serving the same name.
     """
     identity = {"kind": provider["kind"], "model": provider["model"]}
-    if provider["kind"] != "offline":
+    if provider["kind"] == "offline":
+        from zhufu.teacher.bank import bank_digest  # the teacher's package is needed only offline
+
+        identity["bank"] = bank_digest()  # an edited phrase bank answers anew
+    else:
         url = provider.get("base_url") or (ZHIPUAI_DEFAULT_BASE_URL if provider["kind"] == "zhipuai" else "")
         identity["host"] = (urlsplit(url).hostname or "").lower()
     return identity
