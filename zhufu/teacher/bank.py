@@ -14,10 +14,10 @@ from zhufu.io import file_digest
 DEFAULT_PHRASES = package_file(RESOURCES, "phrases.yaml")
 
 
-def bank_digest(path: str | Path = DEFAULT_PHRASES) -> str:
-    """A short hash of the phrase bank's bytes: part of the offline teacher's cache key, so an edited bank
-    gives new answers instead of the cached ones of the old bank."""
-    p = Path(path)
+def bank_digest(path: str | Path | None = None) -> str:
+    """A short hash of the phrase bank's bytes (default: the shipped one): part of the offline teacher's
+    cache key, so an edited bank gives new answers instead of the cached ones of the old bank."""
+    p = Path(path or DEFAULT_PHRASES)
     stat = p.stat()
     return _digest(str(p.resolve()), stat.st_mtime_ns, stat.st_size)
 
