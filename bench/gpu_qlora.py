@@ -43,25 +43,19 @@ INTERNLM2_7B = dict(
 
 
 def preflight() -> str:
-    """Fail early, with the reason, when this machine can't run bitsandbytes' 4-bit kernels."""
+    """Fail early, with the reason, when this machine can't run bitsandbytes' 4-bit kernels.
+
+    The same facts as tools/check_stack.py --gpu (which bench/gpu_qlora.sh runs first): the native library
+    for torch's CUDA, transformers' check of bitsandbytes, the imports, one nf4 forward."""
     import torch
 
-    if not torch.cuda.is_available():
-        sys.exit("gpu_qlora: no CUDA device is visible; this benchmark needs one GPU")
-    name = torch.cuda.get_device_name(0)
-    try:
-        import bitsandbytes as bnb
+    sys.path.insert(0, str(ROOT / "tools"))
+    from check_stack import check_stack
 
-        layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float16, quant_type="nf4").cuda()
-        layer(torch.randn(2, 64, device="cuda", dtype=torch.float16)).sum().item()
-    except Exception as e:  # report whatever bitsandbytes raises: it is the finding
-        sys.exit(
-            f"gpu_qlora: bitsandbytes cannot run nf4 on {name} with torch {torch.__version__} "
-            f"(CUDA {torch.version.cuda}): {type(e).__name__}: {e}\n"
-            "bitsandbytes 0.45.0 (XTuner's pin) ships CUDA 11.7-12.6 binaries only; a CUDA 13 torch needs a "
-            "bitsandbytes with CUDA 13 binaries, or the CUDA 12 runtime libraries and BNB_CUDA_VERSION."
-        )
-    return name
+    problems = check_stack(gpu=True)
+    if problems:
+        sys.exit("gpu_qlora: the GPU stack can't run QLoRA here:\n  " + "\n  ".join(problems))
+    return torch.cuda.get_device_name(0)
 
 
 def build_model(out: Path, data: Path) -> None:
@@ -95,7 +89,7 @@ def build_model(out: Path, data: Path) -> None:
 
 
 def write_data(path: Path, records: int) -> None:
-    from zhufu.profiles import TIANJI_SYSTEM
+    from zhufu.tianji import TIANJI_SYSTEM
 
     rng = random.Random(0)
     recipients = ["姐姐", "妹妹", "领导", "同事", "爷爷", "奶奶", "赵老师", "邻居赵大妈"]
@@ -152,9 +146,10 @@ def main() -> int:
     parser.add_argument("--profile", default="internlm2-chat-7b-qlora")
     args = parser.parse_args()
 
-    from zhufu.launcher import train
-    from zhufu.profiles import resolve_profile
-    from zhufu.xtuner_config import write_config
+    from zhufu.errors import ModelError
+    from zhufu.train.profiles import resolve_profile
+    from zhufu.train.run import train
+    from zhufu.train.xtuner_config import write_config
 
     gpu = preflight()
     wd = Path(args.workdir)
@@ -179,7 +174,12 @@ def main() -> int:
     sampler = GpuMemorySampler()
     sampler.start()
     t0 = time.time()
-    rc = train(config, wd / "work_dir", log_path=log, resume=False)
+    try:  # train raises ModelError (with XTuner's exit code) when training fails
+        train(config, wd / "work_dir", log_path=log, resume=False)
+        rc = 0
+    except ModelError as e:
+        print(e)
+        rc = 1
     wall = time.time() - t0
     sampler.stop.set()
     text = log.read_text(encoding="utf-8", errors="replace")

@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || {
-  echo "gpu_qlora: nvidia-smi failed: no GPU here" >&2; exit 2; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
+  echo "gpu_qlora: nvidia-smi failed: no GPU visible (the preflight below says what that means)" >&2
+# Preflight: do torch, bitsandbytes, transformers and peft match, and does one nf4 forward run? One call
+# answers it, before minutes are spent building a 7B model.
+echo "== preflight: tools/check_stack.py --gpu"
+"$PY" tools/check_stack.py --gpu || { echo "gpu_qlora: preflight failed (above)" >&2; exit 3; }
 exec "$PY" bench/gpu_qlora.py "$@"

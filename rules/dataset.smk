@@ -4,14 +4,21 @@
 
 from zhufu.data.card import provenance_from_config
 
-IMPORTS = {Path(p).stem: p for p in config["clean"]["imports"]}
+# An import is a path, or {path, rule_set}: its rows are then cleaned with that rule set of clean.rule_sets.
+IMPORTS = {
+    Path(i if isinstance(i, str) else i["path"]).stem: (
+        {"path": i, "rule_set": None} if isinstance(i, str) else {"rule_set": None, **i}
+    )
+    for i in config["clean"]["imports"]
+}
 IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 
 
 rule import_data:
     input:
-        source=lambda wc: IMPORTS[wc.name],
+        source=lambda wc: IMPORTS[wc.name]["path"],
         code=code("scripts/import_data.py"),
+        synonyms="resources/synonyms.yaml",
         schema="schemas/record.schema.yaml",
     output:
         shard="results/raw/imported/{name}.json",
@@ -21,8 +28,17 @@ rule import_data:
         "../envs/data.yaml"
     params:
         parse_config=lambda wc: {
-            k: config[k] for k in ("grid", "styles", "system_prompt")
+            **{k: config[k] for k in ("grid", "styles", "system_prompt")},
+            # only this import's rule set, so editing another set or a threshold reruns no import
+            "clean": {
+                "rule_sets": {
+                    k: v
+                    for k, v in config["clean"]["rule_sets"].items()
+                    if k == IMPORTS[wc.name]["rule_set"]
+                }
+            },
         },
+        rule_set=lambda wc: IMPORTS[wc.name]["rule_set"],
     script:
         "../scripts/import_data.py"
 

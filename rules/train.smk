@@ -4,7 +4,7 @@
 # checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
 # work_dir/last_checkpoint, which names the final one and which XTuner writes last. The code is zhufu/train/.
 
-from zhufu.train.format_check import training_format
+from zhufu.train.format_check import min_training_samples, training_format
 from zhufu.train.profiles import training_overrides
 
 # XTuner template and max_length of the configured training profile (zhufu/train/profiles.py).
@@ -54,11 +54,33 @@ rule render_config:
         "../scripts/render_config.py"
 
 
+# train.json through XTuner's own dataset processing, with the tokenizer and template training will use;
+# it refuses fewer than min_samples (and one optimiser step) samples, and train waits for it.
+rule check_format:
+    input:
+        train=rules.clean.output.train,
+        tokenizer=rules.base_model.output.dir,
+        code=code("scripts/check_format.py"),
+    output:
+        json="results/data/format_check.json",
+    log:
+        "logs/check_format.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        template=FORMAT_TEMPLATE,
+        max_length=FORMAT_MAX_LENGTH,
+        min_samples=min_training_samples(TRAIN),
+    script:
+        "../scripts/check_format.py"
+
+
 rule train:
     input:
         config=rules.render_config.output.config,
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
+        format_check=rules.check_format.output.json,  # refuses an empty or nearly empty set first
         code=code("scripts/train.py"),
     output:
         last=maybe_protected(f"{WORK_DIR}/last_checkpoint"),
@@ -80,22 +102,3 @@ rule train:
         nproc_per_node=TRAIN["nproc_per_node"],
     script:
         "../scripts/train.py"
-
-
-# train.json through XTuner's own dataset processing, with the tokenizer and template training will use.
-rule check_format:
-    input:
-        train=rules.clean.output.train,
-        tokenizer=rules.base_model.output.dir,
-        code=code("scripts/check_format.py"),
-    output:
-        json="results/data/format_check.json",
-    log:
-        "logs/check_format.log",
-    conda:
-        "../envs/train.yaml"
-    params:
-        template=FORMAT_TEMPLATE,
-        max_length=FORMAT_MAX_LENGTH,
-    script:
-        "../scripts/check_format.py"

@@ -9,4 +9,5 @@ with rule_step(snakemake, "check_format"):
         snakemake.output.json,
         template=snakemake.params.template,
         max_length=snakemake.params.max_length,
+        min_samples=snakemake.params.min_samples,
     )

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zhufu.config import load_config
-from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
-from zhufu.data.rules import RuleContext, apply_record_rules, repetition_ratio
+from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise, shingles
+from zhufu.data.rules import PATTERN_KEYS, RuleContext, apply_record_rules, repetition_ratio, required_chars
 from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 CONFIG = load_config()
@@ -65,6 +65,11 @@ def test_suitability_drops_pairs_marked_zero_and_keeps_the_rest():
         "对不起，我不能写这样的内容",
         "我是一个人工智能助手",
         "I'm sorry, I cannot do that",
+        "你好，这个问题我暂时无法回答，让我们换个话题再聊聊吧。",  # DeepSeek
+        "作为一个人工智能语言模型，我还没学习如何回答这个问题，你可以向我问一些其它的问题。",  # GLM
+        "我还没学会回答这个问题",
+        "抱歉，我还未学习到如何回答这个问题的内容，暂时无法提供相关信息。",  # Qwen
+        "这个问题我无法回答。",
     ],
 )
 def test_refusals_and_ai_self_talk_are_dropped(text):
@@ -109,6 +114,102 @@ def test_any_preamble_plus_blessing_leaves_exactly_the_blessing(blessing):
     for pre in ("好的，以下是祝福语：", "当前祝福语如下：", "祝福语："):
         v = run(pre + blessing, rules=only("meta_answer"))
         assert v.dropped is None and v.text == blessing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "当前祝福语如下",  # the seed's own example of a bad answer: no colon, nothing after it
+        "当前祝福语如下。",
+        "以下是为您准备的祝福",
+        "以下是为您准备的祝福：",
+        "好的，这是一条祝福",
+        "好的，这是一条祝福。",
+        "这是为您写的小红书风格祝福！",
+        "下面是几条祝福语",
+    ],
+)
+def test_talk_about_the_answer_alone_is_dropped_with_or_without_a_colon(text):
+    assert run(text, rules=only("meta_answer")).dropped[0] == "meta_answer"
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        "当前祝福语如下\n",
+        "当前祝福语如下：",
+        "以下是为您准备的祝福\n",
+        "以下是为您准备的祝福。",
+        "好的，这是一条祝福。",
+        "好的，这是一条祝福\n\n",
+        "为你写了一条生日祝福！",
+    ],
+)
+def test_talk_about_the_answer_is_stripped_before_a_blessing(pre):
+    v = run(pre + "祝姐姐生日快乐，天天开心！", rules=only("meta_answer"))
+    assert v.dropped is None and v.text == "祝姐姐生日快乐，天天开心！"
+
+
+@pytest.mark.parametrize(
+    "text", ["这是我对你最真诚的祝福，愿你生日快乐！", "这是一份来自远方的祝福，祝你生日快乐！"]
+)
+def test_a_blessing_that_speaks_of_itself_is_kept(text):
+    v = run(text, rules=only("meta_answer"))
+    assert v.dropped is None and v.text == text
+
+
+# ---- trailing remarks and the first-line cut
+
+
+@pytest.mark.parametrize(
+    "remark",
+    [
+        "\n\n（注：此祝福语适合发给姐姐）",  # the issue's example
+        "希望她会喜欢！",
+        "（可根据实际情况调整）",
+        "\n注：可以根据姐姐的喜好调整。",
+        "希望这条祝福对你有帮助。",
+        "你可以根据姐姐的喜好修改。",
+        "如果需要其他风格，随时告诉我！",
+        "希望她会喜欢！（可根据实际情况调整）",
+    ],
+)
+def test_trailing_remarks_and_notes_are_stripped(remark):
+    v = run("祝姐姐生日快乐，天天开心！" + remark, rules=only("trailing_remark"))
+    assert v.dropped is None and v.text == "祝姐姐生日快乐，天天开心！"
+    assert [c[0] for c in v.changes] == ["trailing_remark"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "祝姐姐生日快乐，希望你喜欢我送的礼物！",
+        "生日快乐（比心）！",
+        "祝爷爷早日康复，希望您身体越来越好！",
+        "祝同事工作升职，如有需要随时找我帮忙！哈哈",
+    ],
+)
+def test_blessings_that_end_like_remarks_are_kept(text):
+    assert run(text, rules=only("trailing_remark")).changes == []
+
+
+def test_an_answer_that_is_only_a_note_is_dropped():
+    assert run("（注：此祝福语适合发给姐姐）", rules=only("trailing_remark")).dropped[0] == "trailing_remark"
+
+
+def test_the_first_line_cut_is_off_by_default_and_keeps_the_first_line_when_on():
+    text = "生日快乐！\n\n愿你天天开心。"
+    assert RULES["first_line"]["enabled"] is False
+    assert run(text).changes == []
+    v = run(text, rules=only("first_line"))
+    assert v.text == "生日快乐！" and [c[0] for c in v.changes] == ["first_line"]
+    rules = copy.deepcopy(RULES)
+    rules["first_line"]["enabled"] = True
+    # the preamble goes first, then the cut: the seed's own case (「好的！\n以下是…：\n祝福」)
+    v = run(
+        "好的！\n以下是小红书风格的祝福语：\n祝姐姐生日快乐，天天开心！\n（可根据实际情况调整）", rules=rules
+    )
+    assert v.text == "祝姐姐生日快乐，天天开心！"
 
 
 # ---- quotes, leading punctuation
@@ -185,8 +286,32 @@ def test_chinese_ratio_counts_letters_not_digits_punctuation_or_emoji():
 )
 def test_chinese_ratio_decides_by_the_configured_threshold(han, latin):
     v = run(han + latin, rules=only("chinese_ratio"))
-    expected_drop = len(han) / (len(han) + len(latin)) < RULES["chinese_ratio"]["min_ratio"]
+    words = -(-len(latin) // RULES["chinese_ratio"]["latin_word_chars"])  # one per 8 letters, rounded up
+    expected_drop = len(han) / (len(han) + words) < RULES["chinese_ratio"]["min_ratio"]
     assert (v.dropped is not None) == expected_drop
+
+
+def test_a_latin_word_weighs_one_han_character():
+    assert chinese_ratio("姐姐生日快乐呀🎂Happy Birthday！") == 7 / 9
+    assert chinese_ratio("恭喜Congratulations") == 2 / 4  # 15 letters: two words' weight
+    assert chinese_ratio("おめでとう生日") == 2 / 7  # kana count one each
+
+
+@pytest.mark.parametrize(
+    ("text", "style", "kept"),
+    [
+        ("姐姐生日快乐呀🎂Happy Birthday！", "小红书", True),
+        ("姐姐今天也是yyds，生日快乐呀🎉", "小红书", True),
+        ("生日快乐，buff叠满呀✨", "小红书", True),
+        ("OK，姐姐生日快乐，天天开心呀🎉", "小红书", True),
+        ("Happy birthday to my dear sister!", "正常", False),
+        ("生日kuai乐ya jie jie hao", "正常", False),
+        ("祝你qwertyuiopasdfghjklzxcvbnm快乐", "正常", False),
+        ("sdfkj 生日 asdkjh qwe", "正常", False),
+    ],
+)
+def test_english_set_phrases_pass_and_english_or_garbled_answers_drop(text, style, kept):
+    assert (run(text, style=style, rules=only("chinese_ratio")).dropped is None) == kept
 
 
 # ---- character repetition
@@ -384,3 +509,71 @@ def test_rules_across_processes_give_the_same_verdicts_as_one_process():
     two = record_verdicts(items, RULES, STYLES, {("爷爷", "谈判顺利"): False}, workers=2)
     assert one == two
     assert sum(1 for v in one if v.dropped) > 0 and sum(1 for v in one if v.changes) > 0
+
+
+def test_near_dedup_finds_pairs_just_above_the_threshold():
+    """The issue's example: 45-character blessings that differ in one character and the final mark
+    (3-gram Jaccard 40/46 = 0.87). datasketch's default bands found such a pair about 68% of the time."""
+    import random
+
+    rng = random.Random(3)
+    texts = []
+    for _ in range(300):
+        base = [chr(0x4E00 + rng.randrange(3000)) for _ in range(45)]
+        copy = list(base)
+        copy[20] = "的" if copy[20] != "的" else "了"
+        texts += ["".join(base) + "！", "".join(copy) + "。"]
+    keys = [normalise(t) for t in texts]
+    a, b = shingles(keys[0], 3), shingles(keys[1], 3)
+    assert len(a & b) / len(a | b) == pytest.approx(40 / 46)
+    found = near_duplicates(keys, ngram=3, threshold=0.8, num_perm=64)
+    assert sum(1 for i in range(1, 600, 2) if found.get(i, (None,))[0] == i - 1) >= 297
+    assert not any(i % 2 == 0 for i in found)
+
+
+@pytest.mark.parametrize(("threshold", "num_perm"), [(0.8, 64), (0.7, 64), (0.9, 128), (0.5, 32)])
+def test_lsh_bands_reach_the_recall_at_the_margin_within_the_permutations(threshold, num_perm):
+    from zhufu.data.dedup import lsh_bands
+
+    bands, rows = lsh_bands(threshold, num_perm)
+    assert bands * rows <= num_perm
+    assert 1 - (1 - (threshold + 0.03) ** rows) ** bands >= 0.99
+
+
+# ---- the shortcut that skips pattern rules: it must never skip a text a pattern matches
+
+PATTERNS = [(name, p) for name, keys in PATTERN_KEYS.items() for k in keys for p in RULES[name][k]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+@pytest.mark.parametrize(("rule", "pattern"), PATTERNS)
+def test_every_text_a_pattern_matches_contains_one_of_its_rules_required_chars(rule, pattern, data):
+    import re
+
+    needs = required_chars([p for k in PATTERN_KEYS[rule] for p in RULES[rule][k]])
+    assert needs  # the default patterns all give the shortcut
+    text = data.draw(st.from_regex(re.compile(pattern)))
+    assert re.search(pattern, text)
+    assert not needs.isdisjoint(text), (pattern, text)
+
+
+def test_required_chars_of_alternatives_cover_every_branch():
+    needs = required_chars(["(?:好的|收到|当然)[，！]"])
+    assert needs == {"，", "！"}  # the rarer class of the sequence
+    needs = required_chars(["(?:好的|收到|当然)"])
+    assert all(not needs.isdisjoint(alt) for alt in ("好的", "收到", "当然"))
+    assert required_chars(["祝?福"]) == {"福"}  # an optional character is not required
+    assert required_chars([r"\d+"]) is None  # nothing to require: the rule always runs
+    assert required_chars(["(?i:ok)"]) is None  # case folding: not a plain set of characters
+
+
+def test_a_rule_set_with_other_patterns_gets_its_own_patterns():
+    from zhufu.data.rules import record_verdicts
+
+    rules = copy.deepcopy(RULES)
+    rules["rule_sets"] = {"strict": {"refusal": {"patterns": ["天天"]}}}
+    text = "我祝姐姐生日快乐，天天开心！"  # 我: the default refusal patterns are searched, not skipped
+    items = [(text, {"style": "正常", "rule_set": "strict"}), (text, {"style": "正常"})]
+    strict, plain = record_verdicts(items, rules, STYLES, None, workers=1)
+    assert plain.dropped is None and strict.dropped[0] == "refusal"

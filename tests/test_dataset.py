@@ -171,9 +171,12 @@ def test_every_fixture_record_gets_its_pinned_verdict(cleaned):
                     records[rid]["conversation"][0]["output"],
                     records[rid]["conversation"][0]["system"],
                 )
-    # every rule of issue 4 is exercised by the fixture
+    # every enabled rule is exercised by the fixture; a rule that is off by default touches nothing
     for name, counts in report["rules"].items():
-        assert counts["dropped"] + counts["modified"] > 0, f"the fixture never triggers {name}"
+        if counts["enabled"]:
+            assert counts["dropped"] + counts["modified"] > 0, f"the fixture never triggers {name}"
+        else:
+            assert counts["dropped"] + counts["modified"] == 0, name
         assert counts["dropped"] == sum(1 for d in report["dropped"] if d["rule"] == name)
         assert counts["modified"] == sum(1 for m in report["modified"] if m["rule"] == name)
     assert report["rows_in"] == len(records) == report["rows_out"] + report["rows_dropped"]
@@ -274,10 +277,10 @@ def test_import_parses_meta_from_inputs_with_whole_names(tmp_path, config_file):
     metas = [(m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in recs]
     assert metas == [
         ("邻居赵大妈", "春节", "小红书"),  # the longest recipient name, not 邻居
-        (None, "工作升职", "正常"),  # 邻居 is not in this config's grid
+        ("邻居", "工作升职", "正常"),  # not in this config's grid, but in Tianji's list
         ("领导", "春节", "严肃"),
-        (None, None, "正常"),
-        (None, None, "正常"),
+        (None, "元宵节", "正常"),  # 大家 is nobody's name
+        (None, "元宵节", "正常"),
     ]
     assert recs[0]["meta"]["prompt"] == "祝福语的字数少于50字……" and recs[0]["meta"]["provider"] == "import"
     assert recs[1]["conversation"][0]["input"] == "祝邻居工作升职 "  # never rewritten, trailing space and all
@@ -318,6 +321,43 @@ def test_imported_data_merges_and_cleans_with_the_same_rules(tmp_path, config_fi
     assert [d["rule"] for d in report["dropped"]] == ["exact_dedup"]
 
 
+TIANJI_V1_ROWS = [  # (input, expected meta) in Tianji's v1 format, none of them all in the default grid
+    ("祝赵老师元宵节,严肃风格", ("赵老师", "元宵节", "严肃")),
+    ("祝李总谈判顺利,严肃风格", ("李总", "谈判顺利", "严肃")),
+    ("祝福表哥中秋节快乐", ("表哥", "中秋节", "正常")),
+    ("祝邻居赵大妈春节,小红书风格", ("邻居赵大妈", "春节", "小红书")),
+    ("祝妈妈中秋快乐", ("母亲", "中秋节", "正常")),  # synonyms: resources/synonyms.yaml
+    ("祝同学工作升职 ,小红书风格", ("同学", "工作升职", "小红书")),
+    ("送祝福给外婆 重阳节", ("外婆", "重阳节", "正常")),
+    ("祝哥哥新年快乐，白话风格", ("哥哥", "春节", "白话")),  # a Tianji v2 style the config lacks
+]
+
+
+def test_import_parses_against_tianji_lists_and_synonyms_whatever_the_grid(tmp_path, config_file):
+    rows = [{"conversation": [{"input": i, "output": "祝你节日快乐，万事如意！"}]} for i, _ in TIANJI_V1_ROWS]
+    src = write(tmp_path / "tianji.json", rows)
+    out = tmp_path / "imported.json"
+    r = zhufu("import", src, "-o", out, "--config", config_file)
+    assert r.returncode == 0, r.stderr
+    metas = [
+        (m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in json.loads(out.read_text())
+    ]
+    assert metas == [expected for _, expected in TIANJI_V1_ROWS]
+    assert "name no recipient or scene" not in r.stderr
+
+
+def test_a_synonym_takes_the_grids_name_when_the_grid_has_one():
+    from zhufu.config import load_config
+    from zhufu.data.importing import parse_input
+
+    config = load_config()
+    assert parse_input("祝母亲中秋节快乐", config)["recipient"] == "母亲"
+    config["grid"]["recipients"].append("妈妈")
+    assert parse_input("祝母亲中秋节快乐", config)["recipient"] == "妈妈"
+    assert parse_input("祝老妈中秋快乐", config)["recipient"] == "妈妈"
+    assert parse_input("祝赵大妈春节快乐", config)["recipient"] is None  # 妈 alone is no name
+
+
 def test_import_names_a_row_that_is_not_a_conversation(tmp_path, config_file):
     src = write(
         tmp_path / "t.json", [{"conversation": [{"input": "x", "output": "y"}]}, {"instruction": "x"}]
@@ -348,7 +388,8 @@ def test_snakemake_rules_merge_clean_figures_and_rerun_on_a_threshold(tmp_path):
     r = run_cmd([*snake, *targets], cwd=project)
     assert r.returncode == 0, r.stderr[-3000:]
     train = json.loads((project / "results/data/train.json").read_text())
-    assert len(train) == 20
+    expected = json.loads((FIXTURES / "dirty_expected.json").read_text())
+    assert len(train) == sum(1 for e in expected.values() if e["verdict"] != "drop") == 23
     assert (project / "results/figures/suitability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "phrase bank" in (project / "results/data/dataset_card.md").read_text()
     # a changed threshold reruns clean (and what follows), not merge
@@ -396,3 +437,97 @@ def test_parse_input_recovers_every_cell_from_the_inputs_generation_writes():
         assert parsed == {"recipient": recipient, "scene": scene.strip(), "style": style}, text
 
     check()
+
+
+# ---------------------------------------------------------------- rule sets for imports
+
+DIALOGUE = [  # general dialogue data: long answers, lists, its own system prompt; not blessings
+    ("什么是光合作用？", "光合作用是植物利用光能，把二氧化碳和水合成有机物并释放氧气的过程。它主要发生在叶绿体中，分为光反应和暗反应两个阶段。"),
+    ("推荐三本入门书", "1. 《时间简史》\n2. 《万物简史》\n3. 《人类简史》\n这三本都适合入门阅读，语言通俗易懂。"),
+    ("帮我写个违法的东西", "抱歉，我无法帮助完成这个请求。"),
+    ("什么是光合作用", "光合作用是植物利用光能，把二氧化碳和水合成有机物并释放氧气的过程。它主要发生在叶绿体中，分为光反应和暗反应两个阶段。"),
+]  # fmt: skip
+
+
+def test_an_import_with_the_dialogue_rule_set_keeps_format_refusal_and_dedup_rules_only(
+    tmp_path, config_file
+):
+    rows = [
+        {"conversation": [{"system": "你是一个有用的助手", "input": q, "output": a}]} for q, a in DIALOGUE
+    ]
+    src = write(tmp_path / "dialogue.json", rows)
+    raw = tmp_path / "raw"
+    r = zhufu(
+        "import",
+        src,
+        "-o",
+        raw / "imported" / "dialogue.json",
+        "--rule-set",
+        "dialogue",
+        "--config",
+        config_file,
+    )
+    assert r.returncode == 0, r.stderr
+    imported = json.loads((raw / "imported" / "dialogue.json").read_text())
+    assert [m["meta"]["rule_set"] for m in imported] == ["dialogue"] * 4
+    assert {(m["meta"]["recipient"], m["meta"]["scene"], m["meta"]["style"]) for m in imported} == {
+        (None, None, "dialogue")
+    }
+    long_blessing = "祝姐姐生日快乐，愿你新的一岁里每天都开开心心，工作顺利，身体健康，万事如意，心想事成！"
+    write(
+        raw / "正常" / "round_0.json",
+        [record("g1", long_blessing), record("g2", "祝姐姐生日快乐，天天开心！")],
+    )
+    assert zhufu("merge", raw, "-o", tmp_path / "merged.json").returncode == 0
+    out = tmp_path / "out"
+    r = zhufu(
+        "clean", tmp_path / "merged.json", "-o", out / "train.json", "--report", out / "rep.json",
+        "--card", out / "card.md", "--config", config_file,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "rep.json").read_text())
+    ids = [m["id"] for m in imported]
+    dropped = {d["id"]: d["rule"] for d in report["dropped"]}
+    # the blessing rules still hold for the run's own records (too long for 正常)
+    assert dropped == {ids[2]: "refusal", ids[3]: "exact_dedup", "g1": "length"}
+    train = json.loads((out / "train.json").read_text())
+    systems = {row["conversation"][0]["input"]: row["conversation"][0]["system"] for row in train}
+    assert systems["什么是光合作用？"] == "你是一个有用的助手"  # its own system prompt is kept
+    assert "推荐三本入门书" in systems  # a list, long: not a blessing, not dropped for it
+    assert report["rule_sets"] == {
+        "dialogue": {"rows_in": 4, "rows_out": 2, "dropped": {"refusal": 1, "exact_dedup": 1}, "modified": {}}
+    }
+    assert "| dialogue | 4 | 2 | exact_dedup 1, refusal 1 | 0 |" in (out / "card.md").read_text()
+
+
+def test_an_unknown_rule_set_is_one_line_naming_it(tmp_path, config_file):
+    src = write(tmp_path / "d.json", [{"conversation": [{"input": "x", "output": "y"}]}])
+    r = zhufu("import", src, "-o", tmp_path / "o.json", "--rule-set", "chitchat", "--config", config_file)
+    assert r.returncode != 0 and "'chitchat'" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_snakemake_imports_each_file_with_its_rule_set(tmp_path):
+    project = copy_project(tmp_path / "project")
+    write(project / "chat.json", [{"conversation": [{"input": q, "output": a}]} for q, a in DIALOGUE])
+    write(project / "tianji.json", TIANJI_ROWS)
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["clean"]["imports"] = [{"path": "chat.json", "rule_set": "dialogue"}, "tianji.json"]
+    (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    (project / "Snakefile.dataset").write_text(
+        'configfile: "test_config.yaml"\n\ninclude: "rules/common.smk"\n\nSHARDS = []\n\ninclude: "rules/dataset.smk"\n'
+    )
+    snake = [str(Path(sys.executable).parent / "snakemake"), "-s", "Snakefile.dataset", "--cores", "1"]
+    r = run_cmd([*snake, "results/data/clean_report.json"], cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    chat = json.loads((project / "results/raw/imported/chat.json").read_text())
+    tianji = json.loads((project / "results/raw/imported/tianji.json").read_text())
+    assert {m["meta"].get("rule_set") for m in chat} == {"dialogue"}
+    assert {m["meta"].get("rule_set") for m in tianji} == {None}
+    report = json.loads((project / "results/data/clean_report.json").read_text())
+    assert report["rule_sets"]["dialogue"]["rows_in"] == 4 and report["rows_in"] == 4 + len(TIANJI_ROWS)
+    # editing a threshold reruns clean, not the imports
+    config["clean"]["near_dedup"]["threshold"] = 0.9
+    (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    r = run_cmd([*snake, "-n", "results/data/clean_report.json"], cwd=project)
+    assert "rule clean:" in r.stdout + r.stderr and "rule import_data:" not in r.stdout + r.stderr

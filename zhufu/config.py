@@ -7,6 +7,8 @@ the key and what was expected, which is what both the workflow (rules/common.smk
 from __future__ import annotations
 
 import copy
+import re
+import string
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from zhufu.errors import ConfigError
+from zhufu.errors import ConfigError, looks_like_key, not_utf8
 
 # The workflow's checkout, when the package runs from one: its config.yaml is the CLI's default config.
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +115,27 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def api_key_env_problem(name: object) -> str | None:
+    """Why a provider.api_key_env value is not the name of an environment variable (None if it is one).
+
+    The value is never part of the answer: a key pasted here by mistake must not reach a terminal or log.
+    """
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return "must be the NAME of an environment variable (letters, digits, _), e.g. DEEPSEEK_API_KEY"
+    long_token = len(name) >= 20 and any(c.isdigit() for c in name) and "_" not in name
+    if looks_like_key(name) or long_token:
+        return (
+            "looks like an API key, not the name of an environment variable; put the key in the "
+            "environment (export DEEPSEEK_API_KEY=...) and write its name here (the value is not shown)"
+        )
+    return None
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
+    if list(error.absolute_path)[-1:] == ["api_key_env"]:
+        return f"{_key_path(error)}: {api_key_env_problem(error.instance) or error.message}"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
@@ -144,8 +166,45 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     return config
 
 
+# The fields each template of the config may use (zhufu.grid fills them with str.format).
+TEMPLATE_FIELDS = {
+    "prompt_template": ("max_chars", "style_prompt", "recipient", "scene", "injection"),
+    "input_templates": ("recipient", "scene"),
+    "styles.*.prompt": ("examples",),
+}
+
+
+def check_template(text: str, fields: tuple[str, ...], where: str) -> None:
+    """A str.format template that uses only `fields` by name; ConfigError otherwise, naming `where`."""
+    allowed = ", ".join("{" + f + "}" for f in fields)
+    hint = f"use only {allowed}, and write a literal brace doubled ({{{{ or }}}})"
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ConfigError(f"{where}: not a valid template ({e}); {hint}") from None
+    for _, name, spec, _ in parsed:
+        if name is not None and name not in fields:
+            shown = "{" + name[:40] + "}" if name else "{}"
+            raise ConfigError(f"{where}: unknown field {shown}; {hint}")
+        if name is not None and spec and "{" in spec:
+            raise ConfigError(f"{where}: a field inside the format of {{{name}}}; {hint}")
+    try:
+        text.format(**dict.fromkeys(fields, ""))
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ConfigError(f"{where}: not a valid template ({e}); {hint}") from None
+
+
 def _check_semantics(config: dict[str, Any], source: str) -> None:
+    check_template(
+        config["prompt_template"], TEMPLATE_FIELDS["prompt_template"], f"{source}: prompt_template"
+    )
+    for i, template in enumerate(config["input_templates"]):
+        check_template(template, TEMPLATE_FIELDS["input_templates"], f"{source}: input_templates[{i}]")
     for name, style in config["styles"].items():
+        if isinstance(style.get("prompt"), str):
+            check_template(
+                style["prompt"], TEMPLATE_FIELDS["styles.*.prompt"], f"{source}: styles.{name}.prompt"
+            )
         if style["min_chars"] > style["max_chars"]:
             raise ConfigError(
                 f"{source}: styles.{name}: min_chars ({style['min_chars']}) > max_chars ({style['max_chars']})"
@@ -160,6 +219,8 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
                 f"{source}: styles.{name}: a style name is a directory name; no '/' or leading '.'"
             )
     provider = config["provider"]
+    if problem := api_key_env_problem(provider.get("api_key_env")):
+        raise ConfigError(f"{source}: provider.api_key_env {problem}")
     if provider["kind"] != "offline" and not provider.get("base_url") and provider["kind"] == "openai":
         raise ConfigError(
             f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)"
@@ -179,6 +240,10 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
             config = yaml.safe_load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: {not_utf8(e)}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(config, dict):

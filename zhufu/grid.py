@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhufu.errors import ConfigError
+from zhufu.errors import ConfigError, not_utf8
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,13 @@ def load_suitability(path: str | Path) -> dict[tuple[str, str], bool]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"grid.suitability: {p} does not exist (a CSV of recipients × scenes, 1/0)")
-    with open(p, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: {not_utf8(e)}") from None
+    except csv.Error as e:
+        raise ConfigError(f"{p}: not a readable CSV ({e})") from None
     if not rows or len(rows[0]) < 2:
         raise ConfigError(f"{p}: expected a header row 'recipient,<scene>,<scene>…'")
     scenes = [s.strip() for s in rows[0][1:]]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from zhufu.errors import DataError
+from zhufu.errors import DataError, not_utf8
 
 
 @contextlib.contextmanager
@@ -60,8 +60,14 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         raise DataError(f"{p}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: {not_utf8(e)}") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{p}: not usable JSON (nested too deeply)") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
 
 
 def fresh_dir(out: str | os.PathLike) -> tuple[Path, Path]:

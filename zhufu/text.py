@@ -51,13 +51,22 @@ def is_emoji(ch: str) -> bool:
     return EMOJI_RE.match(ch) is not None
 
 
-def chinese_ratio(text: str) -> float:
-    """Han characters among all letters (Han, Latin, kana, …); digits, punctuation and emoji do not count."""
-    others = len(NON_HAN_LETTER_RE.findall(text))
+_LATIN_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def chinese_ratio(text: str, word_chars: int = 8) -> float:
+    """Han characters among all letters, where a Latin word counts as one letter per `word_chars` (rounded
+    up): Happy, Birthday, buff, yyds and OK weigh one each, like the one syllable of a Han character, so a
+    Chinese blessing with an English set phrase passes, while an English answer (no Han) or a garbled one
+    (long runs of letters) does not. Other letters (kana, Cyrillic, …) count one each; digits, punctuation
+    and emoji do not count."""
+    others = NON_HAN_LETTER_RE.findall(text)
     if not others:  # the usual case: one scan
         return 1.0 if HAN_RE.search(text) else 0.0
     han = len(HAN_RE.findall(text))
-    return han / (han + others)
+    latin = _LATIN_WORD_RE.findall(text)
+    weight = len(others) - sum(map(len, latin)) + sum(-(-len(w) // word_chars) for w in latin)
+    return han / (han + weight)
 
 
 def count_cjk(text: str) -> int:

@@ -1,6 +1,10 @@
-"""Tianji's constants, which Zhufu's defaults use so that Tianji's published data imports cleanly and
-the models are comparable (see ../shared/ref/tianji-grid.md): its system prompt and its evaluation inputs.
+"""Tianji's constants (SocialAI-tianji/Tianji, tools/finetune/data_maker/; ../shared/ref/tianji-grid.md), which
+Zhufu's defaults use so that Tianji's published data imports cleanly, configs/tianji-v1.yaml reproduces its
+training inputs and the models are comparable: its system prompt, evaluation inputs, names, input format and the
+eight templates its refiner rewrote 正常 festival inputs with. The prompts and phrase banks are Zhufu's own.
 """
+
+from __future__ import annotations
 
 TIANJI_SYSTEM = "你现在是一个送祝福大师，帮我针对不同人和事情、节日送对应的祝福"
 TIANJI_EVALUATION_INPUTS = [
@@ -11,3 +15,32 @@ TIANJI_EVALUATION_INPUTS = [
     "祝大家元宵节快乐",
     "祝领导春节快乐，严肃风格",
 ]
+
+RECIPIENTS_V1 = (
+    "赵老师", "大舅", "大伯", "李总", "邻居赵大妈", "母亲", "姐姐", "妹妹", "哥哥", "弟弟", "爷爷", "奶奶", "外公",
+    "外婆", "伯母", "叔叔", "阿姨", "堂兄", "堂妹", "表哥", "表妹", "导师", "同学", "同事", "领导", "邻居", "老板",
+    "医生",
+)  # fmt: skip
+# "工作升职 " keeps the trailing space of Tianji's source, which leaks into its training inputs.
+SCENES_V1 = (
+    "生日", "春节", "元宵节", "端午节", "七夕节", "中秋节", "重阳节", "除夕", "腊八节", "谈判顺利", "乔迁新居",
+    "周年纪念", "新婚快乐", "家庭和睦", "比赛取得好成绩", "发财", "工作升职 ", "康复",
+)  # fmt: skip
+FESTIVALS = ("春节", "元宵节", "端午节", "七夕节", "中秋节", "重阳节", "除夕", "腊八节")
+STYLES_V2 = ("小红书", "正常", "严肃", "白话", "文艺", "文言文", "放飞自我", "祝福长文", "诗词赋")
+
+# v1 training input: 祝{recipient}{scene} for 正常, else 祝{recipient}{scene},{style}风格 (ASCII comma).
+INPUT_TEMPLATE_V1 = "祝{recipient}{scene}"
+TRIGGER_SEPARATOR_V1 = ","
+
+# The refiner's rewrites of 正常 festival inputs ({r} recipient, {s} scene), in its order.
+REWRITE_TEMPLATES = (
+    "我想祝{recipient}{scene}快乐",
+    "我想给{recipient}{scene}祝福",
+    "我想送{recipient}{scene}祝福",
+    "送祝福给{recipient} {scene}",
+    "我想祝福{recipient}{scene}快乐",
+    "祝{recipient}{scene}快乐",
+    "送祝福给{recipient}{scene}",
+    "祝福{recipient}{scene}快乐",
+)

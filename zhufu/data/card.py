@@ -75,19 +75,45 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
             for name, r in report["rules"].items()
         ],
     )
+    if report.get("rule_sets"):
+        lines += [
+            "",
+            "Imports cleaned with their own rule set (clean.rule_sets), counted apart; the table above counts "
+            "every row:",
+            "",
+        ]
+        lines += _table(
+            ("rule set", "rows in", "kept", "dropped (by rule)", "repaired (by rule)"),
+            [
+                (
+                    name,
+                    c["rows_in"],
+                    c["rows_out"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(c["dropped"].items())) or "0",
+                    ", ".join(f"{k} {v}" for k, v in sorted(c["modified"].items())) or "0",
+                )
+                for name, c in report["rule_sets"].items()
+            ],
+        )
     lines += ["", "Every dropped and repaired record is listed, with its text, in `clean_report.json`.", ""]
     lines += ["## Length (characters) per style", ""]
     lines += _table(("style", "rows", "min", "mean", "median", "max"), _length_rows(kept))
     for title, key in (("style", "style"), ("scene", "scene"), ("recipient", "recipient")):
         lines += ["", f"## Rows per {title}", ""]
         lines += _table((title, "rows"), _counts(kept, key))
+    rewritten = report["rules"].get("input_rewrite", {}).get("modified", 0)
+    inputs = (
+        f"The `input` fields are as generated or imported, except {rewritten} `input` rewritten by input_rewrite "
+        "(Tianji's refiner templates; each listed in `clean_report.json`)."
+        if rewritten
+        else "The `input` fields are as generated or imported; cleaning never rewrites them."
+    )
     lines += [
         "",
         "## Format",
         "",
         '`train.json` is a JSON list of `{"conversation": [{"system", "input", "output"}]}`, what XTuner\'s '
-        "`load_dataset('json')` and `template_map_fn` consume. The `input` fields are as generated or imported; "
-        "cleaning never rewrites them.",
+        f"`load_dataset('json')` and `template_map_fn` consume. {inputs}",
         "",
     ]
     return "\n".join(lines)

@@ -5,6 +5,7 @@ dropped and modified record with per-rule counts, and (zhufu.data.card) the data
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from zhufu.config import load_config
 from zhufu.data.card import provenance_from_config, write_card
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import validate_records
-from zhufu.data.rules import ALL_RULES, record_verdicts
+from zhufu.data.rules import ALL_RULES, record_verdicts, rewritten_input, rule_set_rules
 from zhufu.grid import load_suitability
 from zhufu.io import read_json, write_json
 from zhufu.text import count_chars
@@ -21,7 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def _rule_meta(meta: dict) -> dict:
-    return {"recipient": meta.get("recipient"), "scene": meta.get("scene"), "style": meta.get("style")}
+    keys = ("recipient", "scene", "style", "rule_set")
+    return {k: meta.get(k) for k in keys}
+
+
+def rules_by_set(records: list[dict], rules: dict) -> dict:
+    """None (records of no rule set) and each rule set the records name -> its rules."""
+    by_set = {None: rules}
+    for r in records:
+        name = r["meta"].get("rule_set")
+        if name not in by_set:
+            by_set[name] = rule_set_rules(rules, name)
+    return by_set
 
 
 @dataclass
@@ -42,7 +54,7 @@ class Changes:
         entry = {
             "id": record["id"],
             "rule": rule,
-            "field": "system" if rule == "system_prompt" else "output",
+            "field": {"system_prompt": "system", "input_rewrite": "input"}.get(rule, "output"),
             "before": before,
             "after": after,
         }
@@ -61,12 +73,13 @@ def clean_records(
 ) -> tuple[list[dict], dict]:
     """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
     changes = Changes()
+    by_set = rules_by_set(records, rules)
     survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes)
-    gone = drop_duplicates(survivors, rules, changes)
+    gone = drop_duplicates(survivors, rules, changes, by_set)
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
     changes.dropped.sort(key=lambda d: order[d["id"]])
-    return kept, _report(records, kept, rules, changes)
+    return kept, _report(records, kept, rules, changes, by_set)
 
 
 def apply_record_rules(
@@ -78,7 +91,9 @@ def apply_record_rules(
     workers: int | None,
     changes: Changes,
 ) -> list[dict]:
-    """The records that no record rule drops, repaired; a record is dropped whole when one turn is."""
+    """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
+    record gets the rules of its rule set (meta.rule_set), if it names one."""
+    by_set = rules_by_set(records, rules)
     items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
     verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
     survivors: list[dict] = []
@@ -86,13 +101,19 @@ def apply_record_rules(
         turns = [dict(t) for t in record["conversation"]]
         pending: list[tuple[str, str, str, int]] = []
         verdict_drop = None
+        own = by_set[record["meta"].get("rule_set")]
         for k, turn in enumerate(turns):
             verdict = next(verdicts)
             if verdict_drop:
                 continue
-            if rules["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
+            if own["system_prompt"]["enabled"] and system_prompt and turn["system"] != system_prompt:
                 pending.append(("system_prompt", turn["system"], system_prompt, k))
                 turn["system"] = system_prompt
+            if k == 0 and own["input_rewrite"]["enabled"]:
+                new_input = rewritten_input(record["id"], record["meta"], own["input_rewrite"])
+                if new_input is not None and new_input != turn["input"]:
+                    pending.append(("input_rewrite", turn["input"], new_input, k))
+                    turn["input"] = new_input
             pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
             turn["output"] = verdict.text
             verdict_drop = verdict.dropped
@@ -105,24 +126,39 @@ def apply_record_rules(
     return survivors
 
 
-def drop_duplicates(survivors: list[dict], rules: dict, changes: Changes) -> set[int]:
-    """Indexes of the survivors that the set rules (exact_dedup, then near_dedup) drop."""
+def drop_duplicates(
+    survivors: list[dict], rules: dict, changes: Changes, by_set: dict | None = None
+) -> set[int]:
+    """Indexes of the survivors that the set rules (exact_dedup, then near_dedup) drop. A record whose rule
+    set turns a set rule off takes no part in it."""
+    by_set = by_set or {None: rules}
+
+    def rules_of(record: dict) -> dict:
+        return by_set[record["meta"].get("rule_set")]
+
     keys = ["\n".join(normalise(t["output"]) for t in r["conversation"]) for r in survivors]
     gone: set[int] = set()
-    if rules["exact_dedup"]["enabled"]:
-        for i, j in exact_duplicates(keys).items():
-            gone.add(i)
-            changes.drop(
-                survivors[i],
-                "exact_dedup",
-                f"same text as {survivors[j]['id']} after normalisation",
-                duplicate_of=survivors[j]["id"],
-            )
-    if rules["near_dedup"]["enabled"]:
-        nd = rules["near_dedup"]
-        rest = [i for i in range(len(survivors)) if i not in gone]
+    exact = [i for i, r in enumerate(survivors) if rules_of(r)["exact_dedup"]["enabled"]]
+    for a, b in exact_duplicates([keys[i] for i in exact]).items():
+        i, j = exact[a], exact[b]
+        gone.add(i)
+        changes.drop(
+            survivors[i],
+            "exact_dedup",
+            f"same text as {survivors[j]['id']} after normalisation",
+            duplicate_of=survivors[j]["id"],
+        )
+    nd = rules["near_dedup"]
+    rest = [i for i, r in enumerate(survivors) if i not in gone and rules_of(r)["near_dedup"]["enabled"]]
+    if rest:
         found = near_duplicates(
-            [keys[i] for i in rest], nd["ngram"], nd["threshold"], nd["num_perm"], nd["seed"]
+            [keys[i] for i in rest],
+            nd["ngram"],
+            nd["threshold"],
+            nd["num_perm"],
+            nd["seed"],
+            nd["recall"],
+            nd["recall_margin"],
         )
         for a, (b, jac) in found.items():
             i, j = rest[a], rest[b]
@@ -136,13 +172,28 @@ def drop_duplicates(survivors: list[dict], rules: dict, changes: Changes) -> set
     return gone
 
 
-def _report(records: list[dict], kept: list[dict], rules: dict, changes: Changes) -> dict:
+def _per_rule_set(records: list[dict], kept: list[dict], changes: Changes, by_set: dict) -> dict:
+    """Rows in and out, and drops and repairs per rule, of each rule set (counted apart in the card)."""
+    set_of = {r["id"]: r["meta"].get("rule_set") for r in records}
+    per_set: dict[str, dict] = {}
+    for name in sorted(n for n in by_set if n is not None):
+        per_set[name] = {
+            "rows_in": sum(1 for r in records if set_of[r["id"]] == name),
+            "rows_out": sum(1 for r in kept if set_of[r["id"]] == name),
+            "dropped": dict(Counter(d["rule"] for d in changes.dropped if set_of[d["id"]] == name)),
+            "modified": dict(Counter(m["rule"] for m in changes.modified if set_of[m["id"]] == name)),
+        }
+    return per_set
+
+
+def _report(records: list[dict], kept: list[dict], rules: dict, changes: Changes, by_set: dict) -> dict:
     return {
         "rows_in": len(records),
         "rows_out": len(kept),
         "rows_dropped": len(changes.dropped),
         "rows_modified": len({m["id"] for m in changes.modified}),
         "rules": {name: {"enabled": rules[name]["enabled"], **changes.counts[name]} for name in ALL_RULES},
+        "rule_sets": _per_rule_set(records, kept, changes, by_set),
         "dropped": changes.dropped,
         "modified": changes.modified,
         "kept": [

@@ -11,7 +11,7 @@ import jsonschema
 import yaml
 
 from zhufu.config import SCHEMAS
-from zhufu.errors import DataError
+from zhufu.errors import DataError, not_utf8
 from zhufu.io import read_json
 
 
@@ -50,11 +50,17 @@ def read_rows(path: str | Path) -> Any:
                 lines = list(fh)
         except FileNotFoundError:
             raise DataError(f"{p}: file not found") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: {not_utf8(e)}") from None
+        except OSError as e:
+            raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
         for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise DataError(f"{p}, line {lineno}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise DataError(f"{p}, line {lineno}: not usable JSON (nested too deeply)") from None
         return rows
     return read_json(p)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from zhufu.config import api_key_env_problem
 from zhufu.errors import ProviderError
 
 OFFLINE_API_KEY = "offline"
@@ -107,6 +108,8 @@ def resolve_api_key(provider: dict) -> str:
             f"provider.api_key_env is not set for kind '{provider['kind']}': name the environment variable "
             "that holds the key (e.g. DEEPSEEK_API_KEY), never the key itself"
         )
+    if problem := api_key_env_problem(env):
+        raise ProviderError(f"provider.api_key_env {problem}")
     key = os.environ.get(env, "").strip()
     if not key:
         raise ProviderError(

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from zhufu.config import RESOURCES, package_file
-from zhufu.errors import ConfigError
+from zhufu.errors import ConfigError, not_utf8
 from zhufu.io import file_digest
 
 DEFAULT_PHRASES = package_file(RESOURCES, "phrases.yaml")
@@ -40,11 +40,26 @@ def load_phrases(path: str | Path = DEFAULT_PHRASES) -> dict:
         ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: {not_utf8(e)}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
     if not isinstance(bank, dict):
         raise ConfigError(f"{p}: expected a mapping with categories, recipients, scenes, styles, general")
     for key in ("categories", "recipients", "scenes", "styles", "general"):
         if not isinstance(bank.get(key), dict) or not bank[key]:
             raise ConfigError(f"{p}: key '{key}' is missing or empty")
+        for name, entry in bank[key].items():
+            if key == "general":
+                ok = isinstance(entry, list) and all(isinstance(x, str) for x in entry)
+                if not ok:
+                    raise ConfigError(f"{p}: general.{name} must be a list of phrases")
+                continue
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{p}: {key}.{name} must be a mapping")
+            for field, value in entry.items():
+                if isinstance(value, list) and not all(isinstance(x, str) for x in value):
+                    raise ConfigError(f"{p}: {key}.{name}.{field} must be a list of strings")
     for name, cat in bank["categories"].items():
         if not cat.get("wish"):
             raise ConfigError(f"{p}: categories.{name}.wish must list at least one phrase")

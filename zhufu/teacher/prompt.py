@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_MAX_CHARS = 50
+MAX_CHARS_CAP = 2000  # a longer limit asked for in a prompt is read as this one
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,11 @@ def parse_prompt(text: str, bank: dict) -> Ask:
             scene = next(
                 (s for s, v in bank["scenes"].items() if any(k in text for k in v.get("keywords", []))), ""
             )
-    m = re.search(r"(?:少于|不超过|不多于|不要超过|最多|控制在)\s*(\d+)\s*个?字", text) or re.search(
-        r"(\d+)\s*个?字以内", text
+    # (?<!\d): a run of digits is tried once from its start, not from every digit (quadratic on a long run)
+    m = re.search(r"(?:少于|不超过|不多于|不要超过|最多|控制在)\s*(\d{1,6})\s*个?字", text) or re.search(
+        r"(?<!\d)(\d{1,6})\s*个?字以内", text
     )
-    max_chars = int(m.group(1)) if m else DEFAULT_MAX_CHARS
+    max_chars = min(int(m.group(1)), MAX_CHARS_CAP) if m else DEFAULT_MAX_CHARS
     rules = [s for s in re.split(r"[。；\n]", text) if "不要" in s or "不能" in s or "避免" in s]
     return Ask(
         recipient=recipient,

@@ -39,6 +39,10 @@ FINGERPRINT = "zhufu-offline-teacher (phrase bank, not an LLM)"
 CHAT_PATHS = {"/v1/chat/completions", "/chat/completions", "/api/paas/v4/chat/completions"}
 STATS_PATHS = {"/zhufu/stats", "/v1/zhufu/stats"}
 MODELS_PATHS = {"/v1/models", "/models", "/api/paas/v4/models"}
+# The HTTP API refuses a body over this size (413), and gives up on a client that sends nothing for
+# REQUEST_TIMEOUT_S seconds (a short body, a stalled or slow client): no request can hold a thread forever.
+MAX_BODY_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 15.0
 
 
 def request_seed(body: dict, index: int = 0) -> int:
@@ -88,8 +92,15 @@ def _check_body(body: object) -> dict:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise _BadRequest(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
     n = body.get("n", 1)
-    if not isinstance(n, int) or not 1 <= n <= 16:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
         raise _BadRequest("'n' must be an integer from 1 to 16", "n")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+    if body.get("model") is not None and not isinstance(body["model"], str):
+        raise _BadRequest("'model' must be a string", "model")
     return body
 
 
@@ -131,8 +142,17 @@ class TeacherServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], phrases: str | Path = DEFAULT_PHRASES):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        phrases: str | Path = DEFAULT_PHRASES,
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ):
         self.bank = load_phrases(str(phrases))
+        self.request_timeout_s = request_timeout_s
+        self.max_body_bytes = max_body_bytes
         self.request_count = 0
         self.completion_count = 0
         self.error_count = 0
@@ -163,14 +183,22 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait 40 ms between them
     server_version = "zhufu-offline-teacher"
 
+    def setup(self) -> None:
+        # the socket's timeout: for the headers, the body and an idle keep-alive connection
+        self.timeout = self.server.request_timeout_s
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send_json(self, status: int, payload: dict) -> None:
+    def _send_json(self, status: int, payload: dict, *, close: bool = False) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if close:  # the body was not read: the connection can't carry another request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -187,26 +215,80 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, _error(f"no such endpoint: GET {path}", "not_found_error", code="not_found"))
 
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self.server.count("error_count")
+        self._send_json(status, _error(message, "invalid_request_error", code=code), close=True)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering why it can't be read (length, size, type, timeout)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(411, "chunked bodies are not accepted; send Content-Length", "length_required")
+            return None
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            self._refuse(411, "Content-Length is required", "length_required")
+            return None
+        if not raw_length.strip().isdigit():
+            self._refuse(400, "Content-Length must be a non-negative integer", "bad_length")
+            return None
+        length = int(raw_length)
+        if length > self.server.max_body_bytes:
+            self._refuse(
+                413, f"the body is {length} bytes; at most {self.server.max_body_bytes}", "too_large"
+            )
+            return None
+        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            self._refuse(415, "Content-Type must be application/json", "unsupported_media_type")
+            return None
+        chunks, got = [], 0
+        while got < length:
+            try:
+                chunk = self.rfile.read1(length - got)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        raw = b"".join(chunks)
+        if len(raw) < length:
+            self._refuse(
+                408,
+                f"the body ended after {len(raw)} of {length} bytes (Content-Length) or arrived too slowly",
+                "timeout",
+            )
+            return None
+        return raw
+
     def do_POST(self) -> None:
         path = self._path()
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
         if path not in CHAT_PATHS:
             self._send_json(
-                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found")
+                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found"), close=True
             )
             return
         self.server.count("request_count")
+        raw = self._read_body()
+        if raw is None:
+            return
         try:
             try:
                 body = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise _BadRequest(f"the request body is not valid JSON: {e}") from None
+            except RecursionError:
+                raise _BadRequest("the request body is nested too deeply") from None
             body = _check_body(body)
             payload = completion(body, self.server.bank)
         except _BadRequest as e:
             self.server.count("error_count")
             self._send_json(400, _error(str(e), "invalid_request_error", e.param))
+            return
+        except Exception:  # a request the composer can't handle is that request's 500, not the server's end
+            log.exception("offline teacher: request failed")
+            self.server.count("error_count")
+            self._send_json(500, _error("the teacher failed on this request", "server_error"), close=True)
             return
         self.server.count("completion_count")
         if body.get("stream"):
@@ -278,10 +360,18 @@ def teacher_stats(base_url: str, timeout: float = 5.0) -> dict:
 # CLI: zhufu serve-teacher
 
 
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, not {text!r}")
+    return int(text)
+
+
 def add_serve_teacher_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
+        "--port", type=_port, default=8000, help="port to listen on; 0 picks a free one (default: 8000)"
     )
     parser.add_argument(
         "--phrases", default=str(DEFAULT_PHRASES), help="phrase bank YAML (default: %(default)s)"

@@ -19,11 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def check_format(
-    train: str | Path, tokenizer_dir: str | Path, out: str | Path, template: str, max_length: int
+    train: str | Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    template: str,
+    max_length: int,
+    min_samples: int = 1,
 ) -> dict:
     """Run train.json through XTuner's process_hf_dataset (as training will) and count truncated samples.
 
     A sample is truncated when its full encoding (same template, no length limit) is longer than max_length.
+    A set with fewer than `min_samples` samples after XTuner's processing is refused (DataError, nothing
+    written), so the train rule, which waits for this check, never starts on an empty or nearly empty set.
     """
     tdir = Path(tokenizer_dir)
     if not tdir.is_dir():
@@ -31,8 +38,10 @@ def check_format(
             f"{tdir}: no tokenizer directory (build it with `zhufu base-model` or the base_model rule)"
         )
     rows = read_json(train)
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{train}: expected a non-empty JSON list of {{'conversation': [...]}} rows")
+    if not isinstance(rows, list):
+        raise DataError(f"{train}: expected a JSON list of {{'conversation': [...]}} rows")
+    if len(rows) < min_samples:
+        raise DataError(_too_few(train, len(rows), "rows", min_samples))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datasets import load_dataset
     from transformers import AutoTokenizer
@@ -63,6 +72,8 @@ def check_format(
         full = processed(10**9)
     except Exception as e:  # XTuner's failure is the finding: say which file and why, one line
         raise DataError(f"{train}: XTuner's process_hf_dataset failed ({type(e).__name__}: {e})") from e
+    if len(limited) < min_samples:
+        raise DataError(_too_few(train, len(limited), "samples after XTuner's processing", min_samples))
     lengths = sorted(len(x) for x in full["input_ids"])
     truncated = sum(1 for n in lengths if n > max_length)
     result = {
@@ -84,28 +95,65 @@ def check_format(
     return result
 
 
+def _too_few(train: str | Path, n: int, what: str, needed: int) -> str:
+    return (
+        f"{train}: {n} {what}; training needs at least {needed} (train.overrides.min_samples, and one "
+        f"optimiser step of batch_size × accumulative_counts × nproc_per_node); the cleaning report beside "
+        f"it lists what was dropped"
+    )
+
+
+def min_training_samples(profile: dict) -> int:
+    """The fewest samples a resolved training profile accepts: min_samples, and one optimiser step."""
+    step = profile["batch_size"] * profile["accumulative_counts"] * profile["nproc_per_node"]
+    return max(profile["min_samples"], step)
+
+
 def add_check_format_arguments(parser) -> None:
     parser.add_argument("train", help="train.json")
     parser.add_argument("--tokenizer", default="results/base_model", help="model dir with the tokenizer")
     parser.add_argument("-o", "--output", default="results/data/format_check.json")
     parser.add_argument("--template", help="XTuner prompt template (default: the training profile's)")
-    parser.add_argument("--max-length", type=int, help="(default: the training profile's)")
+    parser.add_argument("--max-length", type=_positive_int, help="(default: the training profile's)")
+    parser.add_argument(
+        "--min-samples",
+        type=_positive_int,
+        help="refuse fewer samples than this (default: the training profile's min_samples and one step)",
+    )
     parser.add_argument("--config", help="config whose training profile applies (default config.yaml)")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _training_profile(config: dict) -> dict:
+    train = config.get("train", {})
+    return resolve_profile(train.get("profile", "cpu-tiny"), train.get("overrides"))
 
 
 def training_format(config: dict) -> tuple[str, int]:
     """The XTuner template and max_length of the configured training profile."""
-    train = config.get("train", {})
-    profile = resolve_profile(train.get("profile", "cpu-tiny"), train.get("overrides"))
+    profile = _training_profile(config)
     return profile["prompt_template"], profile["max_length"]
 
 
 def run_check_format(args) -> int:
-    template, max_length = args.template, args.max_length
-    if template is None or max_length is None:
-        t, m = training_format(load_config(args.config))
-        template, max_length = template or t, max_length or m
-    result = check_format(args.train, args.tokenizer, args.output, template, max_length)
+    template, max_length, min_samples = args.template, args.max_length, args.min_samples
+    if template is None or max_length is None or min_samples is None:
+        profile = _training_profile(load_config(args.config))
+        template = template or profile["prompt_template"]
+        max_length = max_length or profile["max_length"]
+        min_samples = min_samples or min_training_samples(profile)
+    result = check_format(args.train, args.tokenizer, args.output, template, max_length, min_samples)
     print(
         f"{args.output}: {result['samples']} samples, {result['truncated']} truncated at {max_length} tokens"
     )

@@ -11,6 +11,9 @@ here; `nproc_per_node` is the one exception, because XTuner's ZeRO-3 run needs i
 from __future__ import annotations
 
 import copy
+import keyword
+import math
+import re
 from typing import Any
 
 from zhufu.errors import ConfigError
@@ -61,6 +64,9 @@ BASE: dict[str, Any] = {
     "protect_checkpoints": True,
     "mem_mb": 4000,
     "runtime_min": 60,
+    # the format check refuses a training set with fewer samples (after XTuner's processing) than this, or
+    # than one optimiser step (batch_size × accumulative_counts × nproc_per_node), before training starts
+    "min_samples": 16,
 }
 
 # The seed's and Tianji's QLoRA settings for a 7B chat model on one 24 GB GPU (both QLoRA profiles share them).
@@ -174,24 +180,99 @@ def resolve_profile(name: str, overrides: dict[str, Any] | None = None) -> dict[
     return profile
 
 
+_INT = "an integer"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _is_name_list(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and all(isinstance(x, str) and _NAME.match(x) for x in v))
+
+
+# What each setting may hold: (test, what it must be). Every value ends up in the rendered XTuner config, so
+# a value of another shape is refused here with its key, before anything is written.
+_SHAPES: dict[str, tuple[Any, str]] = {
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "prompt_template": (
+        lambda v: isinstance(v, str) and bool(_NAME.match(v)) and not keyword.iskeyword(v),
+        "the name of an XTuner template (a key of xtuner.utils.PROMPT_TEMPLATE, e.g. qwen_chat)",
+    ),
+    "torch_dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "quantization": (lambda v: v in (None, "nf4"), "null or nf4"),
+    "lora": (lambda v: v is None or isinstance(v, dict), "a mapping of LoRA settings, or null"),
+    "trust_remote_code": (lambda v: isinstance(v, bool), "true or false"),
+    "use_varlen_attn": (lambda v: isinstance(v, bool), "true or false"),
+    "max_length": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "pack_to_max_length": (lambda v: isinstance(v, bool), "true or false"),
+    "shuffle_before_pack": (lambda v: isinstance(v, bool), "true or false"),
+    "dataloader_num_workers": (lambda v: _is_int(v) and v >= 0, "an integer ≥ 0"),
+    "map_num_proc": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "accumulative_counts": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "max_iters": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer, or null"),
+    "max_epochs": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number, or null"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
+    "betas": (
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) for b in v),
+        "a list of two finite numbers",
+    ),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number ≥ 0"),
+    "max_norm": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
+    "warmup_ratio": (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    "optim_wrapper": (lambda v: v in ("OptimWrapper", "AmpOptimWrapper"), "OptimWrapper or AmpOptimWrapper"),
+    "amp_dtype": (lambda v: v in ("float16", "bfloat16"), "float16 or bfloat16"),
+    "deepspeed": (
+        lambda v: v is None or (isinstance(v, str) and bool(v.strip()) and "\n" not in v),
+        "null, deepspeed_zero1/2/3(_offload) or the path of a DeepSpeed JSON",
+    ),
+    "nproc_per_node": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "save_steps": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "save_total_limit": (lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (keep all) or a positive integer"),
+    "log_interval": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "evaluation_freq": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "evaluation_max_new_tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "seed": (_is_int, "an integer, so that every run is the same run"),
+    "deterministic": (lambda v: isinstance(v, bool), "true or false"),
+    "dist_backend": (lambda v: v in ("nccl", "gloo", "hccl", "mpi"), "nccl, gloo, hccl or mpi"),
+    "protect_checkpoints": (lambda v: isinstance(v, bool), "true or false"),
+    "mem_mb": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "runtime_min": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "min_samples": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+}
+_LORA_SHAPES: dict[str, tuple[Any, str]] = {
+    "r": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "alpha": (lambda v: _is_number(v) and v > 0, "a positive finite number"),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1"),
+    "target_modules": (_is_name_list, "null or a list of module names (letters, digits, _)"),
+    "modules_to_save": (_is_name_list, "null or a list of module names (letters, digits, _)"),
+}
+
+
+def _shape_error(where: str, key: str, value: Any, wanted: str) -> ConfigError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ConfigError(f"{where}: {key} must be {wanted}, not {shown}")
+
+
 def _check(p: dict[str, Any], name: str) -> None:
     where = f"train (profile {name} with overrides)"
-    if p["torch_dtype"] not in ("float32", "float16", "bfloat16"):
-        raise ConfigError(
-            f"{where}: torch_dtype must be float32, float16 or bfloat16, not {p['torch_dtype']!r}"
-        )
-    if p["optim_wrapper"] not in ("OptimWrapper", "AmpOptimWrapper"):
-        raise ConfigError(f"{where}: optim_wrapper must be OptimWrapper or AmpOptimWrapper")
-    if p["quantization"] not in (None, "nf4"):
-        raise ConfigError(f"{where}: quantization must be null or nf4, not {p['quantization']!r}")
+    for key, (ok, wanted) in _SHAPES.items():
+        if not ok(p[key]):
+            raise _shape_error(where, key, p[key], wanted)
+    if isinstance(p["lora"], dict):
+        for key, (ok, wanted) in _LORA_SHAPES.items():
+            if not ok(p["lora"].get(key)):
+                raise _shape_error(where, f"lora.{key}", p["lora"].get(key), wanted)
     if p["quantization"] and not p["lora"]:
         raise ConfigError(
             f"{where}: quantization (QLoRA) needs lora settings; a quantised model can't be fully tuned"
         )
     if p["max_iters"] is None and not p["max_epochs"]:
         raise ConfigError(f"{where}: set max_iters or max_epochs")
-    for key in ("batch_size", "accumulative_counts", "max_length", "save_steps", "nproc_per_node"):
-        if not isinstance(p[key], int) or p[key] < 1:
-            raise ConfigError(f"{where}: {key} must be a positive integer, not {p[key]!r}")
-    if not isinstance(p["seed"], int):
-        raise ConfigError(f"{where}: seed must be an integer so that every run is the same run")

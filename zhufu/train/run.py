@@ -10,7 +10,13 @@ from pathlib import Path
 
 from zhufu.errors import ModelError
 from zhufu.io import write_text
-from zhufu.train.checkpoints import checkpoints, last_checkpoint, latest_complete_checkpoint, resume_point
+from zhufu.train.checkpoints import (
+    checkpoints,
+    last_checkpoint,
+    latest_complete_checkpoint,
+    resume_point,
+    world_size,
+)
 from zhufu.train.launcher import TRAIN, cuda_device_count, run_tool
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,8 @@ def train(
     args = [str(config), "--work-dir", str(wd)]
     if deepspeed:
         args += ["--deepspeed", deepspeed]
-    resume_args, extra_env = _resume_from(resume_point(config, wd, resume), log_path)
+    ckpt = resume_point(config, wd, resume, deepspeed=deepspeed, nproc_per_node=nproc_per_node)
+    resume_args, extra_env = _resume_from(ckpt, log_path)
     args += resume_args + (extra_args or [])
     rc = run_tool(
         TRAIN,
@@ -63,7 +70,7 @@ def train(
     if rc != 0:
         raise ModelError(f"xtuner.tools.train exited with {rc} on {config}; see {log_path or 'its output'}")
     marker = wd / "last_checkpoint"
-    if not marker.is_file() and (newest := latest_complete_checkpoint(wd)) is not None:
+    if not marker.is_file() and (newest := latest_complete_checkpoint(wd, world_size(nproc_per_node))):
         # Resumed from the final checkpoint (a rerun of a finished run): XTuner had nothing left to train,
         # so it wrote no marker. Snakemake removed the old one before the job; name the final checkpoint again.
         write_text(marker, str(newest.absolute()))
@@ -89,6 +96,14 @@ def _resume_from(ckpt: Path | None, log_path: str | os.PathLike | None) -> tuple
     return ["--resume", str(ckpt)], {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def add_train_arguments(parser) -> None:
     parser.add_argument(
         "config", nargs="?", default="results/train/xtuner_config.py", help="rendered XTuner config"
@@ -97,11 +112,11 @@ def add_train_arguments(parser) -> None:
     parser.add_argument("--deepspeed", help="deepspeed_zero1/2/3(_offload) or a JSON file (GPU only)")
     parser.add_argument(
         "--nproc-per-node",
-        type=int,
+        type=_positive_int,
         default=1,
         help="processes (GPUs) per node; >1 uses torch.distributed.run",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (OMP_NUM_THREADS)")
     parser.add_argument(
         "--no-resume", action="store_true", help="start over (old checkpoints are moved aside)"
     )

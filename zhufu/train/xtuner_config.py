@@ -2,11 +2,14 @@
 
 The template (zhufu/train/templates/xtuner_config.py.j2) follows XTuner's own configs part by part, so a user
 who knows XTuner reads it at once. Every value is a Python literal written with `repr`, because mmengine
-parses the file lazily and cannot evaluate calls.
+parses the file lazily and cannot evaluate calls. A value that cannot be written as a literal is refused
+(ConfigError), and the few names written bare (the profile name, `PROMPT_TEMPLATE.<name>`, dtypes) are
+checked by zhufu.train.profiles first: nothing from config.yaml reaches the file as code.
 """
 
 from __future__ import annotations
 
+import keyword
 import math
 import os
 from pathlib import Path
@@ -33,6 +36,12 @@ def _literal(value: Any) -> str:
         items = ", ".join(_literal(v) for v in value)
         return f"({items}{',' if len(value) == 1 else ''})" if isinstance(value, tuple) else f"[{items}]"
     if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k):
+                raise ConfigError(
+                    f"training setting key {str(k)[:60]!r} is not a Python name (letters, digits, _), so "
+                    "it cannot be written into the config"
+                )
         return "dict(" + ", ".join(f"{k}={_literal(v)}" for k, v in value.items()) + ")"
     raise ConfigError(
         f"training setting {value!r} ({type(value).__name__}) cannot be written into the config"
