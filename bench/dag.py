@@ -72,11 +72,11 @@ def zhufu_project(dest: Path, styles: int, rounds: int) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest / rel)
     base = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    # Snakemake merges an overlay's mappings into config.yaml's, so the shipped styles stay and more are added
     names = list(base["styles"])
-    many = {
-        f"{names[i % len(names)]}{i}": {**base["styles"][names[i % len(names)]], "trigger": f"风格{i}"}
-        for i in range(styles)
-    }
+    many = dict(base["styles"])
+    for i in range(len(names), styles):
+        many[f"{names[i % len(names)]}{i}"] = {**base["styles"][names[i % len(names)]], "trigger": f"风格{i}"}
     overlay = {"rounds": rounds, "styles": many}
     (dest / "bench.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
     return dest

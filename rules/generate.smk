@@ -4,7 +4,7 @@
 
 import re  # noqa: E402
 
-from zhufu.generate.run import shard_config  # noqa: E402
+from zhufu.config import shard_config  # noqa: E402  (light: the stage's modules load only in its jobs)
 
 
 wildcard_constraints:

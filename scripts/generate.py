@@ -1,5 +1,6 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-from zhufu.generate.run import generate_shard, with_operation
+from zhufu.config import with_operation
+from zhufu.generate.run import generate_shard
 from zhufu.scripting import rule_step
 
 with rule_step(snakemake, "generate"):

@@ -122,3 +122,18 @@ def test_shipped_configs_validate_over_the_default(name, base):
     config = copy.deepcopy(base)
     update_config(config, yaml.safe_load((ROOT / "configs" / name).read_text(encoding="utf-8")))
     assert validate_config(config, name)["grid"]["scenes"]
+
+
+def test_the_data_hash_sees_the_provider_identity_only():
+    """The card's config hash (a param of clean) ignores how the data is fetched, not what it is."""
+    import copy
+
+    from zhufu.data.card import data_config_hash
+
+    config = load_config()
+    fetched_otherwise = copy.deepcopy(config)
+    fetched_otherwise["provider"].update(rpm=600, concurrency=2, budget=5.0, timeout_s=30, api_key_env="K")
+    other_sampling = copy.deepcopy(config)
+    other_sampling["provider"]["temperature"] = 0.5
+    assert data_config_hash(fetched_otherwise) == data_config_hash(config)
+    assert data_config_hash(other_sampling) != data_config_hash(config)

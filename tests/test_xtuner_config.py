@@ -153,3 +153,11 @@ def test_render_config_cli(tmp_path):
     assert "PROMPT_TEMPLATE.qwen_chat" in out.read_text(encoding="utf-8")
     listing = run_cmd(["zhufu", "render-config", "--list"], cwd=ROOT, timeout=60)
     assert all(name in listing.stdout for name in PROFILES)
+
+
+def test_resource_keys_never_reach_the_rendered_config():
+    """mem_mb, runtime_min and protect_checkpoints are the train rule's: render_config's overrides drop them."""
+    from zhufu.train.profiles import training_overrides
+
+    overrides = {"lr": 0.001, "mem_mb": 9000, "runtime_min": 90, "protect_checkpoints": True}
+    assert training_overrides({"train": {"overrides": overrides}}) == {"lr": 0.001}

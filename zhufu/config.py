@@ -84,6 +84,21 @@ def data_view(config: dict[str, Any], keys: tuple[str, ...] = DATA_KEYS) -> dict
     return view
 
 
+def shard_config(config: dict[str, Any], style: str) -> dict[str, Any]:
+    """The part of `config` one shard's data depends on, with `styles` narrowed to that style and the
+    provider block to its identity (the generate rule's params: a rate limit or budget reruns nothing)."""
+    sub = {k: v for k, v in data_view(config, SHARD_KEYS).items() if k in config}
+    sub["styles"] = {style: config["styles"][style]}
+    return sub
+
+
+def with_operation(shard: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """`shard` (a shard_config) with the operation settings of `config`'s provider block put back: the
+    generate script takes them from the workflow's config at run time, outside params, so Snakemake does not
+    rerun a shard when only a rate limit, the concurrency, a timeout, the price or the budget changed."""
+    return {**shard, "provider": {**provider_operation(config["provider"]), **shard["provider"]}}
+
+
 def package_file(folder, *parts: str) -> Path:
     """A file of the package data as a path (a regular install or a checkout; zip imports are not supported)."""
     return Path(str(folder.joinpath(*parts)))

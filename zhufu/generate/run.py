@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhufu import grid
-from zhufu.config import SHARD_KEYS, data_view, load_config, provider_operation
+from zhufu.config import load_config, shard_config, with_operation  # noqa: F401  (re-exported)
 from zhufu.errors import ProviderError
 from zhufu.generate.cache import AnswerCache
 from zhufu.generate.estimate import (
@@ -41,21 +41,6 @@ from zhufu.teacher import running_teacher
 log = logging.getLogger("zhufu.generate")
 
 FAILED_CELLS_SHOWN = 20
-
-
-def shard_config(config: dict, style: str) -> dict:
-    """The part of `config` one shard's data depends on, with `styles` narrowed to that style and the
-    provider block to its identity (the generate rule's params: a rate limit or budget reruns nothing)."""
-    sub = {k: v for k, v in data_view(config, SHARD_KEYS).items() if k in config}
-    sub["styles"] = {style: config["styles"][style]}
-    return sub
-
-
-def with_operation(shard: dict, config: dict) -> dict:
-    """`shard` (a shard_config) with the operation settings of `config`'s provider block put back: the
-    generate script takes them from the workflow's config at run time, outside params, so Snakemake does not
-    rerun a shard when only a rate limit, the concurrency, a timeout, the price or the budget changed."""
-    return {**shard, "provider": {**provider_operation(config["provider"]), **shard["provider"]}}
 
 
 def shard_path(out_dir: str | Path, style: str, round_: int) -> Path:
