@@ -4,13 +4,17 @@ VENV  ?= .venv
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv run test lint fmt dry-run clean-results
+.PHONY: venv run report test lint fmt dry-run clean-results
 
 venv:
 	@tools/bootstrap.sh $(VENV)
 
 run: venv
 	snakemake --cores $(CORES)   # profiles/default is Snakemake's workflow profile: loaded by itself
+
+# The HTML report of a finished run (dataset card, figures, loss curve, evaluation table): results/report.html
+report: run
+	snakemake --cores $(CORES) --report results/report.html
 
 test: venv
 	python -m pytest -q --durations=12 $(PYTEST_ARGS)

@@ -6,6 +6,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report results/report.html` (or `make report`): the outputs marked report() in rules/,
+# with their captions from report/.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/generate.smk"
 include: "rules/dataset.smk"
@@ -14,12 +19,17 @@ include: "rules/export.smk"
 include: "rules/evaluate.smk"
 
 
-# Tiny jobs run inside the main Snakemake process, not as cluster jobs.
+# Tiny jobs, and the jobs that need the internet, the API key or the answer cache (generation, the
+# estimate, the base model's download), run on the submitting host, never as cluster jobs.
 localrules:
     all,
+    generate,
+    estimate,
+    base_model,
     merge,
     render_config,
     figures,
+    loss_figure,
 
 
 rule all:
@@ -30,3 +40,4 @@ rule all:
         rules.figures.output,
         rules.merge_model.output,
         rules.evaluate.output,
+        rules.loss_figure.output,

@@ -21,6 +21,16 @@ except ConfigError as e:
     sys.exit(1)
 
 
+# On a cluster (e.g. --executor slurm) no job may carry the API key: sbatch --export=ALL would copy it
+# into every job's environment and SLURM's job state. Generation runs on this host (localrules). The
+# executor is known only once the run starts, before the first job is scheduled: here.
+onstart:
+    if workflow.non_local_exec:
+        from zhufu.generate.providers import hide_api_key_from_jobs
+
+        hide_api_key_from_jobs(config["provider"])
+
+
 import re
 from functools import cache
 
@@ -48,10 +58,14 @@ def _imported_modules(path):
         if m[1]:
             names = [m[1]]
         else:
-            names = [m[2]] + [f"{m[2]}.{n}" for n in re.findall(r"\w+", m[3]) if n != "as"]
+            names = [m[2]] + [
+                f"{m[2]}.{n}" for n in re.findall(r"\w+", m[3]) if n != "as"
+            ]
         for name in names:
             parts = name.split(".")
-            for i in range(2, len(parts) + 1):  # zhufu.a.b runs zhufu/a/__init__.py, then zhufu/a/b.py
+            for i in range(
+                2, len(parts) + 1
+            ):  # zhufu.a.b runs zhufu/a/__init__.py, then zhufu/a/b.py
                 base = PACKAGE.joinpath(*parts[1:i])
                 for f in (base.with_suffix(".py"), base / "__init__.py"):
                     if f.is_file():

@@ -62,12 +62,22 @@ rule clean:
     input:
         merged=rules.merge.output.json,
         suitability=lambda wc: config["grid"]["suitability"] or [],
+        # the user's review decisions (zhufu review), once the file exists: a new decision reruns clean
+        decisions=lambda wc: (
+            config["review"]["decisions"]
+            if os.path.exists(config["review"]["decisions"])
+            else []
+        ),
         code=code("scripts/clean.py"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",
         report="results/data/clean_report.json",
-        card="results/data/dataset_card.md",
+        card=report(
+            "results/data/dataset_card.md",
+            caption="../report/card.rst",
+            category="1. Data",
+        ),
     log:
         "logs/clean.log",
     benchmark:
@@ -92,9 +102,21 @@ rule figures:
         code=code("scripts/figures.py"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
-        suitability="results/figures/suitability.png",
-        lengths="results/figures/lengths.png",
-        cells="results/figures/cells.png",
+        suitability=report(
+            "results/figures/suitability.png",
+            caption="../report/suitability.rst",
+            category="1. Data",
+        ),
+        lengths=report(
+            "results/figures/lengths.png",
+            caption="../report/lengths.rst",
+            category="1. Data",
+        ),
+        cells=report(
+            "results/figures/cells.png",
+            caption="../report/cells.rst",
+            category="1. Data",
+        ),
     log:
         "logs/figures.log",
     conda:

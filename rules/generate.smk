@@ -1,10 +1,14 @@
 # Manufacture: one job per style × round. Each job calls the configured LLM (or the offline teacher it
 # starts itself) through the persistent answer cache, which lives outside results/ and is not an output:
-# deleting results/ and rerunning makes 0 requests. Parallel jobs share the cache safely (SQLite WAL).
+# deleting results/ and rerunning makes 0 requests. Parallel jobs share the cache safely (SQLite WAL), and
+# with it the spend ledger (the budget) and the request log (the rpm/tpm caps) of the whole run. They are
+# local rules (Snakefile): on a cluster they run on the submitting host, where the internet, the key and
+# the cache are (WAL needs all its processes on one host), never in a compute job.
 
 import re  # noqa: E402
 
-from zhufu.config import shard_config  # noqa: E402  (light: the stage's modules load only in its jobs)
+# light imports: the stage's modules load only in its jobs
+from zhufu.config import SHARD_KEYS, shard_config  # noqa: E402
 
 
 wildcard_constraints:
@@ -22,6 +26,8 @@ rule generate:
         ),
     output:
         shard="results/raw/{style}/round_{round}.json",
+        # cells that failed for good (under provider.max_failed_share); empty when none
+        failures="results/raw/{style}/round_{round}.failures.jsonl",
     log:
         "logs/generate/{style}/round_{round}.log",
     benchmark:
@@ -43,3 +49,24 @@ SHARDS = expand(rules.generate.output.shard, style=STYLES, round=ROUNDS)
 rule shards:
     input:
         SHARDS,
+
+
+# What a run would spend, before spending anything: `snakemake estimate` (not part of `all`). It reads the
+# cache (read-only) to count what is already paid for, so it reruns whenever the cache has changed.
+rule estimate:
+    input:
+        suitability=lambda wc: config["grid"]["suitability"] or [],
+        cache=lambda wc: [config["cache"]] if os.path.exists(config["cache"]) else [],
+        code=code("scripts/estimate.py"),
+    output:
+        json="results/estimate.json",
+    log:
+        "logs/estimate.log",
+    conda:
+        "../envs/generate.yaml"
+    params:
+        config=lambda wc: {k: config[k] for k in SHARD_KEYS + ("styles", "rounds")},
+        shards=[(s, r) for s in STYLES for r in ROUNDS],
+        cache=config["cache"],
+    script:
+        "../scripts/estimate.py"

@@ -102,3 +102,24 @@ rule train:
         nproc_per_node=TRAIN["nproc_per_node"],
     script:
         "../scripts/train.py"
+
+
+rule loss_figure:
+    input:
+        last=rules.train.output.last,
+        code=code("scripts/loss_figure.py"),
+        font="resources/fonts/WenQuanYiMicroHei.ttf",
+    output:
+        png=report(
+            "results/figures/loss.png",
+            caption="../report/loss.rst",
+            category="2. Training",
+        ),
+    log:
+        "logs/loss_figure.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        work_dir=lambda wc, input: os.path.dirname(input.last),
+    script:
+        "../scripts/loss_figure.py"

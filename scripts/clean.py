@@ -13,4 +13,5 @@ with rule_step(snakemake, "clean"):
         suitability=snakemake.input.suitability if snakemake.params.use_suitability else None,
         card=snakemake.output.card,
         provenance=snakemake.params.provenance,
+        decisions=snakemake.input.decisions or None,
     )

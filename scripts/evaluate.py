@@ -6,9 +6,7 @@ with rule_step(snakemake, "evaluate"):
     evaluate(
         snakemake.input.base_model,
         snakemake.input.merged,
-        snakemake.params.inputs,
-        snakemake.output.generations,
-        snakemake.output.metrics,
-        system=snakemake.params.system,
-        max_new_tokens=snakemake.params.max_new_tokens,
+        snakemake.params.config,
+        {k: getattr(snakemake.output, k) for k in ("generations", "metrics", "table_md", "table_html")},
+        suitability=snakemake.input.suitability or None,
     )

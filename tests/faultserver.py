@@ -70,7 +70,7 @@ class FaultServer:
         self.hold = False
         self.script: list[str | None] = []  # faults for the next requests, in order, before `rates` apply
         self.poison: dict[str, str] = {}  # substring of a prompt -> the fault it always gets
-        self.request_times: list[float] = []
+        self.request_times: list[float] = []  # time.monotonic() as each request is handled
         self.requests = 0
         self.successes = 0
         self.paths: Counter[str] = Counter()
@@ -231,6 +231,11 @@ class FaultServer:
         if fault == "429":
             await self._respond(
                 writer, 429, b'{"error": {"message": "rate limited"}}', {"Retry-After": self.retry_after}
+            )
+            return True
+        if fault == "400":  # a content filter: the same prompt is rejected every time
+            await self._respond(
+                writer, 400, b'{"error": {"message": "Content Exists Risk", "type": "invalid_request_error"}}'
             )
             return True
         if fault in ("500", "503"):

@@ -61,6 +61,14 @@ def make_config(server=None, **provider) -> dict:
     return validate_config(config, "test config")
 
 
+def make_cli_config(server=None, **provider) -> dict:
+    """make_config for the CLI, which merges a config file over config.yaml as `snakemake --configfile`
+    does: an overlay adds styles, never removes one, so this one lists config.yaml's three style names."""
+    config = make_config(server, **provider)
+    config["styles"]["正常"] = {"prompt": "正常风格", "max_chars": 30}
+    return validate_config(config, "test config")
+
+
 def n_cells(config: dict) -> int:
     return (
         len(config["styles"])

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import BIN, run_cmd
+from helpers import BIN, greedy_answer, run_cmd
 
 from zhufu.model.chat import build_prompt
 from zhufu.tianji import TIANJI_SYSTEM
@@ -28,11 +28,12 @@ def model(tmp_path_factory):
 
 
 def test_one_shot_prints_one_answer(model, tmp_path):
-    result = run_cmd(
-        [ZHUFU, "chat", str(model), "祝妹妹谈判顺利，小红书风格", "--max-new-tokens", "8"], cwd=tmp_path
-    )
+    ask = "祝妹妹谈判顺利，小红书风格"
+    expected = greedy_answer(model, ask, system=TIANJI_SYSTEM, max_new_tokens=8)
+    assert expected and "\n" not in expected  # the oracle's answer is one non-empty line
+    result = run_cmd([ZHUFU, "chat", str(model), ask, "--max-new-tokens", "8"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert len(result.stdout.strip().splitlines()) <= 1
+    assert result.stdout == expected + "\n"
 
 
 def test_interactive_mode_answers_each_line_afresh(model, tmp_path):
@@ -42,8 +43,9 @@ def test_interactive_mode_answers_each_line_afresh(model, tmp_path):
         [ZHUFU, "chat", str(model), "--max-new-tokens", "8"], cwd=tmp_path, input=ask * 3, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    answers = result.stdout.split("\n")[:3]
-    assert answers[0] == answers[1] == answers[2]
+    expected = greedy_answer(model, ask.strip(), system=TIANJI_SYSTEM, max_new_tokens=8)
+    assert expected and "\n" not in expected
+    assert result.stdout.split("\n") == [expected, expected, expected, ""]
 
 
 def test_history_mode_sends_the_conversation(model):

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -498,8 +499,6 @@ def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
 
 def test_rules_across_processes_give_the_same_verdicts_as_one_process():
     import json
-
-    from conftest import ROOT
 
     from zhufu.data.rules import record_verdicts
 

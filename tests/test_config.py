@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, run_cmd
+from helpers import BIN, ROOT, run_cmd
 
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError
@@ -63,11 +63,11 @@ def test_snakemake_rejects_bad_config_before_any_job(project):
 
 
 def test_cli_bad_config_is_one_line(project):
-    (project / "bad.yaml").write_text("seed: 1\nrounds: 1\n", encoding="utf-8")
-    result = run_cmd([str(BIN / "zhufu"), "estimate", "--config", "bad.yaml"], cwd=project, timeout=60)
+    (project / "bad.yaml").write_text("seed: 1\nrounds: many\n", encoding="utf-8")
+    result = run_cmd([str(BIN / "zhufu"), "estimate", "--configfile", "bad.yaml"], cwd=project, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "bad.yaml" in result.stderr and "required property" in result.stderr
+    assert "bad.yaml" in result.stderr and "rounds: expected integer" in result.stderr
 
 
 def test_atomic_writes_leave_no_temp_file_and_respect_umask(tmp_path):

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project, run_cmd
+from helpers import ROOT, copy_project, run_cmd
 
 FIXTURES = ROOT / "tests" / "fixtures"
+CLEANING_RULES = [
+    "system_prompt", "input_rewrite", "suitability", "refusal", "meta_answer", "first_line", "trailing_remark",
+    "wrapping_quotes", "leading_punctuation", "list_items", "chinese_ratio", "char_repetition", "honorific",
+    "peer_address", "length", "emoji", "exact_dedup", "near_dedup",
+]  # fmt: skip
 SUITABILITY = """recipient,生日,春节,中秋节,谈判顺利,工作升职,康复
 姐姐,1,1,1,1,1,1
 妹妹,1,1,1,1,1,1
@@ -171,7 +176,8 @@ def test_every_fixture_record_gets_its_pinned_verdict(cleaned):
                     records[rid]["conversation"][0]["output"],
                     records[rid]["conversation"][0]["system"],
                 )
-    # every enabled rule is exercised by the fixture; a rule that is off by default touches nothing
+    # every rule is reported; every enabled rule is exercised by the fixture, a rule off by default touches nothing
+    assert set(report["rules"]) == set(CLEANING_RULES)
     for name, counts in report["rules"].items():
         if counts["enabled"]:
             assert counts["dropped"] + counts["modified"] > 0, f"the fixture never triggers {name}"
@@ -186,7 +192,8 @@ def test_train_json_is_conversation_only_with_inputs_untouched(cleaned):
     records = {r["id"]: r for r in json.loads((FIXTURES / "dirty.json").read_text())}
     report = json.loads((cleaned / "report.json").read_text())
     train = json.loads((cleaned / "train.json").read_text())
-    assert len(train) == report["rows_out"]
+    expected = json.loads((FIXTURES / "dirty_expected.json").read_text())
+    assert len(train) == report["rows_out"] == sum(e["verdict"] != "drop" for e in expected.values()) > 0
     for row, kept in zip(train, report["kept"], strict=True):
         assert list(row) == ["conversation"]
         turn = row["conversation"][0]

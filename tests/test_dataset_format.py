@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import ROOT, run_cmd
+from helpers import ROOT, run_cmd
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,11 @@ import importlib.metadata
 import re
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 from packaging.requirements import Requirement
 
 LOCK_TEXT = (ROOT / "requirements.lock").read_text()
@@ -63,8 +64,15 @@ def test_lock_pins_a_matching_gpu_stack():
 
 
 def test_the_venv_is_the_lock():
-    """What bootstrap installed is what the lock says, for every pin (the editable zhufu aside)."""
-    installed = {norm(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    """What bootstrap installed is what the lock says, for every pin (the editable zhufu aside).
+
+    Read from the venv's site-packages only: once any test has imported setuptools, sys.path also holds
+    setuptools/_vendor, whose packaging 24.2 and friends are not installed packages.
+    """
+    site_packages = sysconfig.get_paths()["purelib"]
+    installed = {
+        norm(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=[site_packages])
+    }
     wrong = {n: (v, installed.get(n)) for n, (v, _) in LOCK.items() if installed.get(n) != v}
     assert wrong == {}
     extra = set(installed) - set(LOCK) - {"zhufu"}

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT, run_cmd
 
 from zhufu.config import load_config
 from zhufu.data.figures import FONT_PATH, draw_figures
@@ -109,8 +109,6 @@ def test_figures_are_pngs_drawn_without_missing_glyph_warnings(tmp_path, report)
 
 def test_figures_cli_writes_the_three_pngs(tmp_path, report):
     import sys
-
-    from conftest import run_cmd
 
     r = run_cmd(
         [sys.executable, "-m", "zhufu", "figures", "--report", str(report), "-o", str(tmp_path / "f")],

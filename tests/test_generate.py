@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
 from faultserver import FaultServer
-from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
+from gen_helpers import KEY, all_shards, make_cli_config, make_config, n_cells, read_records, write_config
+from helpers import ROOT
 
 from zhufu import grid
 from zhufu.errors import ProviderError
@@ -53,6 +53,7 @@ def test_records_follow_the_contract(tmp_path):
         {"system": config["system_prompt"], "input": prompt.input, "output": rec["conversation"][0]["output"]}
     ]
     assert rec["conversation"][0]["input"].endswith("，小红书风格")
+    assert rec["conversation"][0]["output"].strip()
     assert rec["meta"]["prompt"] == prompt.messages[-1]["content"]
     assert set(rec["meta"]) == {
         "recipient",
@@ -162,7 +163,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_paid(tmp_path):
             server, price={"input_per_1m": 10000, "output_per_1m": 10000}, budget=8.0, concurrency=2
         )
         with pytest.raises(
-            ProviderError, match=r"budget 8.0000 CNY reached after spending \d+\.\d+ CNY; \d+ cells"
+            ProviderError, match=r"budget 8.0000 CNY reached \(spent by all runs: \d+\.\d+ CNY.*; \d+ cells"
         ):
             _run(config, tmp_path)
         paid = server.successes
@@ -183,9 +184,9 @@ def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
     from zhufu.cli import main
 
     with FaultServer() as server:
-        config = make_config(server, price={"input_per_1m": 2, "output_per_1m": 8, "currency": "CNY"})
+        config = make_cli_config(server, price={"input_per_1m": 2, "output_per_1m": 8, "currency": "CNY"})
         cfg = write_config(tmp_path / "c.yaml", config)
-        common = ["--config", str(cfg), "--cache", str(tmp_path / "cache.sqlite")]
+        common = ["--configfile", str(cfg), "--cache", str(tmp_path / "cache.sqlite")]
         assert main(["estimate", *common]) == 0
         out = capsys.readouterr().out
         assert f"total: {n_cells(config)} calls" in out and "CNY" in out and "严肃/round_1" in out
@@ -199,7 +200,7 @@ def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
         with caplog.at_level("INFO", logger="zhufu.generate"):
             assert main(["generate", *common, "-o", str(tmp_path / "raw"), "--no-progress"]) == 0
         summaries = [r.getMessage() for r in caplog.records if "shard written" in r.getMessage()]
-        assert len(summaries) == 4 and "0 failed" in summaries[0]
+        assert len(summaries) == 6 and "0 failed" in summaries[0]
         assert main(["estimate", *common]) == 0
         assert "total: 0 calls" in capsys.readouterr().out
 
@@ -224,7 +225,7 @@ def test_shard_config_holds_only_this_style():
 def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
     """SIGKILL while calls are in flight (the server holds them), then rerun: every cell paid exactly once."""
     with FaultServer(latency=0.01) as server:
-        config = make_config(server, concurrency=4, timeout_s=30)
+        config = make_cli_config(server, concurrency=4, timeout_s=30)
         cfg = write_config(tmp_path / "c.yaml", config)
         cache = tmp_path / "cache.sqlite"
         args = [
@@ -273,8 +274,12 @@ def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):
         assert server.successes == n_cells(config)  # the rerun paid only for cells never answered
     records = read_records(tmp_path / "raw")
     assert len(records) == n_cells(config) == len({r["id"] for r in records})
-    for path in tmp_path.glob("raw/*/round_*.json"):
-        json.loads(path.read_text(encoding="utf-8"))
+    # Every shard is whole: a JSON list holding exactly its style's and round's cells.
+    per_shard = n_cells(config) // len(all_shards(config, tmp_path / "raw"))
+    for style, round_, path in all_shards(config, tmp_path / "raw"):
+        shard = json.loads(path.read_text(encoding="utf-8"))
+        assert len(shard) == per_shard, path
+        assert {(r["meta"]["style"], r["meta"]["round"]) for r in shard} == {(style, round_)}, path
 
 
 def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
@@ -286,12 +291,20 @@ def test_backoff_is_jittered_capped_and_never_shorter_than_retry_after():
 
 
 def test_tpm_limit_accepts_a_request_larger_than_its_bucket():
+    """A request larger than the token bucket is let through (it takes the whole bucket) instead of
+    raising or waiting forever; the next request then waits for the bucket to drain."""
     import asyncio
 
     from zhufu.generate.limits import Limits
 
-    async def go():
-        limits = Limits(rpm=6000, tpm=60)  # a 10-token bucket; a 500-token request must not raise
-        await limits.acquire(500)
+    async def go() -> tuple[float, float]:
+        limits = Limits(rpm=6000, tpm=6000)  # a 1000-token bucket that drains at 100 tokens/s
+        start = time.monotonic()
+        await asyncio.wait_for(limits.acquire(5000), timeout=2.0)
+        first = time.monotonic() - start
+        await asyncio.wait_for(limits.acquire(100), timeout=10.0)
+        return first, time.monotonic() - start - first
 
-    asyncio.run(go())
+    first, second = asyncio.run(go())
+    assert first < 0.5  # an empty bucket lets it in at once
+    assert second >= 0.7  # it filled the bucket: 100 more tokens wait ~1 s for the bucket to drain

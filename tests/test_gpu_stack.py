@@ -6,7 +6,7 @@ import sys
 import warnings
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 import check_stack  # noqa: E402

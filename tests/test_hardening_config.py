@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cmd
+from helpers import ROOT, run_cmd
 
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError, DataError, ProviderError

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, copy_project, run_cmd
+from helpers import ROOT, copy_project, run_cmd
 
 from zhufu.train.checkpoints import latest_complete_checkpoint, run_fingerprint
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import ROOT, run_cmd
 from faultserver import FAULT_KINDS, FaultServer, uniform_faults
 from gen_helpers import KEY, all_shards, make_config, n_cells, read_records, write_config
+from helpers import ROOT, run_cmd
 
 from zhufu.errors import ProviderError
 from zhufu.generate.providers import parse_retry_after, provider_identity, resolve_api_key

@@ -16,22 +16,13 @@ from zhufu.config import PROVIDER_IDENTITY, PROVIDER_OPERATION
 pytestmark = pytest.mark.slow
 
 # The jobs of the default workflow after the raw shards: merge → clean → figures, base_model (the tiny one
-# is built from train.json), check_format, render_config → train → pth_to_hf → merge_model → evaluate.
-AFTER_CLEAN = {
-    "clean": 1,
-    "figures": 1,
-    "base_model": 1,
-    "check_format": 1,
-    "render_config": 1,
-    "train": 1,
-    "pth_to_hf": 1,
-    "merge_model": 1,
-    "evaluate": 1,
-    "all": 1,
-}
+# is built from train.json), check_format, render_config → train → loss_figure, pth_to_hf → merge_model →
+# evaluate.
+AFTER_TRAIN = {"train": 1, "loss_figure": 1, "pth_to_hf": 1, "merge_model": 1, "evaluate": 1, "all": 1}
+AFTER_RENDER = {"render_config": 1, **AFTER_TRAIN}
+AFTER_CLEAN = {"clean": 1, "figures": 1, "base_model": 1, "check_format": 1, **AFTER_RENDER}
 AFTER_MERGE = {"merge": 1, **AFTER_CLEAN}
 AFTER_GENERATE = {"generate": 6, **AFTER_MERGE}  # config.yaml: 3 styles × 2 rounds
-AFTER_RENDER = {"render_config": 1, "train": 1, "pth_to_hf": 1, "merge_model": 1, "evaluate": 1, "all": 1}
 
 
 def snakemake(project, *args, timeout=1800):

@@ -33,6 +33,8 @@ from zhufu.text import EMOJI_RE
 
 ROOT = Path(__file__).resolve().parent.parent
 EMOJI = EMOJI_RE
+# The default grid's suitable recipient × scene pairs (8 × 6, less 5 marked 0 in resources/suitability.csv).
+DEFAULT_CELLS = 43
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -137,7 +139,9 @@ def test_n_gives_different_choices(client, config):
 def test_default_grid_answers_fit_their_style(client, config):
     """Every default cell, every style: Chinese, shorter than the prompt's limit, emoji only where wanted."""
     for style, spec in config["styles"].items():
-        for prompt in grid_prompts(config, style, rounds=1):
+        prompts = list(grid_prompts(config, style, rounds=1))
+        assert len(prompts) == DEFAULT_CELLS, style
+        for prompt in prompts:
             text = ask(client, prompt.messages, temperature=1.0)
             where = f"{style} {prompt.cell.recipient}×{prompt.cell.scene}: {text}"
             assert len(text) < spec["max_chars"] and len(text) >= spec["min_chars"], where
@@ -176,11 +180,15 @@ def test_serious_answers_are_longer_than_normal_ones(client, config):
 def test_injected_rules_are_obeyed(client, config):
     """No 称谓/场景 and no 愿你/祝你 when the prompt's injection forbids them."""
     strict = copy.deepcopy(config)
-    strict["injections"] = [config["injections"][1]]
-    assert "不要出现对象称谓和场景名称" in strict["injections"][0] and "愿你" in strict["injections"][0]
+    # Tianji's strictest injection (the default config no longer draws it: see config.yaml)
+    strict["injections"] = [
+        "回答里不要出现对象称谓和场景名称，也不要用“愿你”“祝你”（给自家长辈的祝福可以保留称谓和“祝你”）。"
+    ]
     bank = teacher.load_phrases()
     for style in config["styles"]:
-        for prompt in grid_prompts(strict, style, rounds=1):
+        prompts = list(grid_prompts(strict, style, rounds=1))
+        assert len(prompts) == DEFAULT_CELLS, style
+        for prompt in prompts:
             text = ask(client, prompt.messages)
             c = prompt.cell
             names = [c.recipient, *bank["recipients"][c.recipient]["address"]]
@@ -205,8 +213,11 @@ def test_tianji_v2_styles_are_shaped_and_respect_their_bands(client):
             assert spec["min_chars"] <= len(text) < spec["max_chars"], where
             if spec["emoji"]:
                 assert spec["emoji"]["min"] <= len(EMOJI.findall(text)) <= spec["emoji"]["max"], where
+        assert len(texts) == DEFAULT_CELLS, style
         assert len(set(texts)) >= 0.8 * len(texts), style
-    long_mean = sum(len(ask(client, p.messages)) for p in grid_prompts(config, "祝福长文", rounds=1)) / 43
+    long_mean = (
+        sum(len(ask(client, p.messages)) for p in grid_prompts(config, "祝福长文", rounds=1)) / DEFAULT_CELLS
+    )
     assert long_mean > 90
 
 
@@ -246,7 +257,7 @@ def test_same_request_same_answer_and_seed_or_temperature_change_it(client, conf
 def test_cells_get_varied_answers(client, config):
     """At least 80% distinct answers over the default grid's 小红书 cells (both rounds)."""
     texts = [ask(client, p.messages, temperature=1.0) for p in grid_prompts(config, "小红书")]
-    assert len(texts) == 86
+    assert len(texts) == 68  # (43 suitable pairs − 9 held out for the evaluation) × 2 rounds
     assert len(set(texts)) >= 0.8 * len(texts), len(set(texts))
     # ...and the variety is in the wording, not just the names: openings differ too.
     assert len({t[:6] for t in texts}) >= 0.5 * len(texts)
@@ -394,6 +405,7 @@ def test_default_run_data_passes_the_cleaning_rules(client, config):
             meta["usage"] = {"prompt_tokens": 0, "completion_tokens": 0}
             conversation = [{"system": config["system_prompt"], "input": p.input, "output": out}]
             records.append({"id": p.id, "conversation": conversation, "meta": meta})
+    assert len(records) == len(config["styles"]) * config["rounds"] * DEFAULT_CELLS
     kept, report = clean_records(records, config["clean"], config["styles"], config["system_prompt"], matrix)
     assert report["modified"] == []
     assert {d["rule"] for d in report["dropped"]} <= {"exact_dedup"}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from zhufu.config import load_config, validate_config
 from zhufu.data.clean import clean_records

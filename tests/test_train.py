@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, run_cmd
+from helpers import BIN, ROOT, cuda_available, run_cmd
 
 from zhufu.errors import ModelError
 from zhufu.tianji import TIANJI_SYSTEM
@@ -263,6 +264,10 @@ def iterations_logged(text: str) -> list[int]:
     return [int(m) for m in re.findall(r"Iter\(train\) \[\s*(\d+)/", text)]
 
 
+# Whichever chain test runs first also trains, converts and merges (up to 900 + 600 + 600 s).
+CHAIN_TIMEOUT = pytest.mark.timeout(2400)
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, tiny):
     """Train (20 iterations), convert and merge once, through the CLI, for the tests below."""
@@ -293,12 +298,17 @@ def chain(tmp_path_factory, tiny):
 
 
 @pytest.mark.slow
+@CHAIN_TIMEOUT
 def test_cpu_chain_trains_converts_and_merges(chain):
     trained, converted, merging = chain["results"]
     assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
     out = trained.stdout + trained.stderr
     assert iterations_logged(out)[-1] == 20
-    assert "no usable CUDA device: ignoring CUDA_VISIBLE_DEVICES='0'" in out
+    if cuda_available({"CUDA_VISIBLE_DEVICES": "0"}):  # device 0 is real: it is used, nothing is ignored
+        assert re.search(r"running on cuda: ", out) and "ignoring CUDA_VISIBLE_DEVICES" not in out
+    else:  # a GPU-less node that SLURM gave --gpus=1: the variable names no device and is dropped
+        assert re.search(r"running on cpu: ", out)
+        assert "no usable CUDA device: ignoring CUDA_VISIBLE_DEVICES='0'" in out
     assert "祝妹妹谈判顺利，小红书风格" in out  # EvaluateChatHook ran
     last = (chain["wd"] / "last_checkpoint").read_text().strip()
     assert Path(last).name == "iter_20.pth" and Path(last).is_file()
@@ -311,24 +321,31 @@ def test_cpu_chain_trains_converts_and_merges(chain):
 
 
 @pytest.mark.slow
-def test_rerunning_a_finished_run_trains_nothing_and_names_the_final_checkpoint(chain):
-    """What Snakemake does when it reruns train with unchanged inputs: it deletes last_checkpoint first."""
+@CHAIN_TIMEOUT
+def test_rerunning_a_finished_run_trains_nothing_and_names_the_final_checkpoint(chain, tmp_path):
+    """What Snakemake does when it reruns train with unchanged inputs: it deletes last_checkpoint first.
+
+    On a copy of the chain's work dir: the module's chain stays as the other tests expect it.
+    """
     if chain["results"][0].returncode != 0:
         pytest.skip("training failed")
-    (chain["wd"] / "last_checkpoint").unlink()
+    wd = shutil.copytree(chain["wd"], tmp_path / "work_dir", symlinks=True)
+    (wd / "last_checkpoint").unlink()
     again = run_cmd(
-        [ZHUFU, "train", str(chain["root"] / "xtuner_config.py"), "--work-dir", str(chain["wd"])],
-        cwd=chain["root"],
+        [ZHUFU, "train", str(chain["root"] / "xtuner_config.py"), "--work-dir", str(wd)],
+        cwd=tmp_path,
         timeout=900,
     )
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
-    assert re.search(r"resuming from \S*iter_20\.pth", out)
+    assert re.search(rf"resuming from {re.escape(str(wd))}/iter_20\.pth", out)
     assert not [i for i in iterations_logged(out) if i <= 20]
-    assert Path((chain["wd"] / "last_checkpoint").read_text().strip()).name == "iter_20.pth"
+    assert Path((wd / "last_checkpoint").read_text().strip()) == wd / "iter_20.pth"
+    assert not (tmp_path / "stale_runs").exists()  # the copy was recognised as the same run
 
 
 @pytest.mark.slow
+@CHAIN_TIMEOUT
 def test_merged_model_keeps_tokenizer_and_generates(chain):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -350,6 +367,7 @@ def test_merged_model_keeps_tokenizer_and_generates(chain):
 
 
 @pytest.mark.slow
+@CHAIN_TIMEOUT
 def test_chat_one_shot_on_merged_and_on_base_plus_adapter(chain):
     ask = "祝妹妹谈判顺利，小红书风格"
     merged = run_cmd([ZHUFU, "chat", str(chain["merged"]), ask, "--max-new-tokens", "32"], cwd=chain["root"])
@@ -373,6 +391,7 @@ def test_chat_one_shot_on_merged_and_on_base_plus_adapter(chain):
 
 
 @pytest.mark.slow
+@CHAIN_TIMEOUT
 def test_evaluate_compares_base_and_tuned(chain):
     gens, metrics = chain["root"] / "eval" / "generations.jsonl", chain["root"] / "eval" / "metrics.json"
     result = run_cmd(
@@ -403,6 +422,7 @@ def test_evaluate_compares_base_and_tuned(chain):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # up to 600 s to the first checkpoint, 900 s to resume
 def test_train_rerun_after_kill_9_resumes_from_the_checkpoint(tmp_path, tiny):
     config = render(tmp_path, tiny, max_iters=200, save_steps=10, log_interval=5, evaluation_freq=1000)
     wd = tmp_path / "work_dir"
@@ -454,6 +474,7 @@ def _cmdline(proc: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_train_returns_the_real_exit_code(tmp_path, tiny):
     broken = tmp_path / "broken_model"
     config = write_config(
@@ -480,6 +501,12 @@ def test_qlora_on_cpu_is_refused_with_a_reason(tmp_path, tiny):
         model_path=tiny[1],
         data_path=tiny[0],
     )
-    result = run_cmd([sys.executable, "-m", "zhufu", "train", str(config)], cwd=tmp_path, timeout=120)
+    # CUDA_VISIBLE_DEVICES="" hides any GPU, so that this holds on a GPU machine as on a CPU-only one
+    result = run_cmd(
+        [sys.executable, "-m", "zhufu", "train", str(config)],
+        cwd=tmp_path,
+        timeout=120,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 1
     assert "QLoRA (bitsandbytes 4-bit) needs a CUDA GPU" in result.stderr

@@ -5,9 +5,10 @@ import re
 import shutil
 
 import pytest
-from conftest import BIN, copy_project, run_cmd
+from helpers import BIN, copy_project, run_cmd
 
-pytestmark = pytest.mark.slow
+# the first test also runs the whole workflow (the module fixture): up to snakemake's own 30 min limit
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 CONTRACT = [
     "results/data/merged.json",
@@ -23,6 +24,9 @@ CONTRACT = [
     "results/model/merged/config.json",
     "results/eval/generations.jsonl",
     "results/eval/metrics.json",
+    "results/eval/table.md",
+    "results/eval/table.html",
+    "results/figures/loss.png",
 ]
 
 
@@ -96,12 +100,52 @@ def test_evaluation_compares_base_and_tuned(run):
         json.loads(line)
         for line in (run / "results/eval/generations.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    models = {r["model"] for r in rows}
-    assert models == {"base", "tuned"}
-    tuned = {r["input"]: r["output"] for r in rows if r["model"] == "tuned"}
-    base = {r["input"]: r["output"] for r in rows if r["model"] == "base"}
+    assert {r["model"] for r in rows} == {"base", "tuned"}
+    for model in ("base", "tuned"):
+        assert sum(r["model"] == model for r in rows) >= 60
+    tuned = {(r["input"], r["sample"]): r["output"] for r in rows if r["model"] == "tuned"}
+    base = {(r["input"], r["sample"]): r["output"] for r in rows if r["model"] == "base"}
     assert tuned.keys() == base.keys()
     assert sum(tuned[k] != base[k] for k in tuned) >= len(tuned) // 2
+    metrics = json.loads((run / "results/eval/metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all"}
+    assert metrics["groups"]["all"]["record_rules"]["tuned"]["ci"] is not None
+    assert "| all | length_band |" in (run / "results/eval/table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_opens_in_chromium_with_every_section(run, tmp_path):
+    """`snakemake --report`: one HTML file; opened in Chromium it lists the card, the figures, the loss curve and
+    the evaluation table. The screenshot is kept as results/report.png (and in the test's tmp folder)."""
+    from playwright.sync_api import sync_playwright
+
+    result = snakemake(run, "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = run / "results/report.html"
+    assert report.stat().st_size > 10_000
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report.as_uri())
+        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(1500)
+        text = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        for category in ("1. Data", "2. Training", "3. Evaluation"):  # each lists its files when opened
+            page.get_by_text(category, exact=True).first.click()
+            page.wait_for_timeout(800)
+            text += page.inner_text("body")
+            page.get_by_text("Results", exact=True).first.click()
+            page.wait_for_timeout(500)
+        browser.close()
+    shutil.copy(tmp_path / "report.png", run / "results/report.png")
+    for name in ("dataset_card.md", "suitability.png", "lengths.png", "cells.png", "loss.png", "table.html"):
+        assert name in text, name
+    for category in ("1. Data", "2. Training", "3. Evaluation"):
+        assert category in text, category
+    assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_second_run_does_nothing(run):
@@ -110,15 +154,20 @@ def test_second_run_does_nothing(run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_rerun_after_deleting_results_makes_no_teacher_request(run):
-    """Deleting results/ and rerunning makes 0 requests: the LLM cache lives outside results/."""
-    before = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
-    shutil.rmtree(run / "results")  # all of it: the answer cache lives outside results/
-    shutil.rmtree(run / "logs/generate")
-    result = snakemake(run, "results/data/merged.json")
+def test_rerun_after_deleting_results_makes_no_teacher_request(run, tmp_path):
+    """Deleting results/ and rerunning makes 0 requests: the LLM cache lives outside results/.
+
+    In a copy of the finished run (cache and Snakemake's records included): the module's run stays whole.
+    """
+    project = shutil.copytree(run, tmp_path / "project", symlinks=True)
+    before = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
+    assert len(before) == 6
+    shutil.rmtree(project / "results")  # all of it: the answer cache lives outside results/
+    shutil.rmtree(project / "logs/generate")
+    result = snakemake(project, "results/data/merged.json")
     assert result.returncode == 0, result.stderr[-4000:]
-    after = {p.relative_to(run): p.read_bytes() for p in (run / "results/raw").rglob("*.json")}
+    after = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
     assert after == before
-    logs = "".join(p.read_text(encoding="utf-8") for p in (run / "logs/generate").rglob("*.log"))
+    logs = "".join(p.read_text(encoding="utf-8") for p in (project / "logs/generate").rglob("*.log"))
     requested = [int(n) for n in re.findall(r"(\d+) requested", logs)]
     assert len(requested) == 6 and all(n == 0 for n in requested), logs[-3000:]

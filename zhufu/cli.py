@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the calls, tokens and cost a config would spend, spending nothing",
     ),
     "generate": ("zhufu.generate.run", "manufacture raw per-round JSON shards by calling the configured LLM"),
+    "spend": (
+        "zhufu.generate.estimate",
+        "print the tokens and money spent per provider and model (the cache's ledger)",
+    ),
     "import": ("zhufu.data.importing", "turn an existing conversation-format JSON file into a raw shard"),
     "merge": ("zhufu.data.merge", "merge raw shards into one validated list of records"),
     "clean": ("zhufu.data.clean", "apply the cleaning rules: train.json plus a report of every change"),
@@ -44,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("zhufu.model.evaluate", "answer the evaluation inputs with the base and the tuned model"),
     "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
     "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "review": (
+        "zhufu.model.review",
+        "review the cleaned records in a local web page; decisions feed `clean`",
+    ),
 }
 
 

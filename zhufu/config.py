@@ -61,6 +61,8 @@ PROVIDER_OPERATION = (
     "max_attempts",
     "backoff_s",
     "backoff_max_s",
+    "retry_after_max_s",
+    "max_failed_share",
     "price",
     "budget",
 )
@@ -247,9 +249,7 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: model.modelscope_id is required when model.source is 'modelscope'")
 
 
-def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a YAML config file (default: the project's config.yaml) and validate it."""
-    p = Path(path) if path else DEFAULT_CONFIG
+def _read_yaml(p: Path) -> dict[str, Any]:
     try:
         with open(p, encoding="utf-8") as fh:
             config = yaml.safe_load(fh)
@@ -263,4 +263,34 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{p}: expected a mapping of keys at the top level")
-    return validate_config(config, str(p))
+    return config
+
+
+def load_config(*overlays: str | Path | None) -> dict[str, Any]:
+    """The config the workflow sees: the project's config.yaml with each overlay merged over it in order.
+
+    This is exactly `snakemake --configfile A B …` (Snakemake's own `update_config`: mappings merge key by
+    key, anything else replaces), so `zhufu estimate --configfile A B` and `snakemake --configfile A B`
+    ask for the same prompts. `None` entries are skipped; no overlay gives config.yaml alone.
+    """
+    from snakemake.utils import update_config  # the merge Snakemake applies to --configfile
+
+    paths = [Path(p) for p in overlays if p]
+    config = _read_yaml(DEFAULT_CONFIG)
+    for p in paths:
+        if p.resolve() != DEFAULT_CONFIG.resolve():
+            update_config(config, _read_yaml(p))
+    return validate_config(config, ", ".join(map(str, paths)) or str(DEFAULT_CONFIG))
+
+
+def add_configfile_argument(parser) -> None:
+    """`--configfile A B …` as Snakemake takes it (`--config FILE…` is kept as an alias)."""
+    parser.add_argument(
+        "--configfile",
+        "--config",
+        dest="configfiles",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="config files merged over the project's config.yaml, in order, as `snakemake --configfile` does",
+    )

@@ -86,14 +86,51 @@ def is_suitable(matrix: dict[tuple[str, str], bool], recipient: str, scene: str)
     return matrix.get((recipient, scene), True)
 
 
+def holdout_pairs(
+    recipients: list[str],
+    scenes: list[str],
+    fraction: float,
+    seed: int,
+    matrix: dict[tuple[str, str], bool] | None = None,
+) -> list[tuple[str, str]]:
+    """The recipient × scene pairs kept out of training for the evaluation, in grid order.
+
+    A seeded draw of round(fraction × suitable pairs) of the suitable pairs (at least one when fraction > 0).
+    It depends only on the pair names and the seed, not on the list order, so reordering the grid or adding
+    a style keeps the same pairs out.
+    """
+    pairs = [(r, s) for r in recipients for s in scenes if matrix is None or is_suitable(matrix, r, s)]
+    if fraction <= 0 or not pairs:
+        return []
+    k = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+
+    def rank(pair: tuple[str, str]) -> bytes:
+        return hashlib.sha256(f"holdout\x1f{seed}\x1f{pair[0]}\x1f{pair[1]}".encode()).digest()
+
+    chosen = set(sorted(pairs, key=rank)[:k])
+    return [p for p in pairs if p in chosen]
+
+
+def held_out(config: dict, matrix: dict[tuple[str, str], bool] | None = None) -> set[tuple[str, str]]:
+    """grid.holdout of a config as a set of (recipient, scene) pairs (empty when the fraction is 0)."""
+    grid = config["grid"]
+    spec = grid.get("holdout") or {}
+    return set(
+        holdout_pairs(
+            grid["recipients"], grid["scenes"], spec.get("fraction", 0), spec.get("seed", 0), matrix
+        )
+    )
+
+
 def iter_cells(
     config: dict, style: str, round_: int, matrix: dict[tuple[str, str], bool] | None = None
 ) -> Iterator[Cell]:
-    """The cells of one shard (style × round), in grid order, skipping unsuitable pairs; a generator, so a
-    100k-cell shard never sits in memory as a list."""
+    """The cells of one shard (style × round), in grid order, skipping unsuitable and held-out pairs (kept
+    out of training for the evaluation); a generator, so a 100k-cell shard never sits in memory as a list."""
+    out = held_out(config, matrix)
     for r in config["grid"]["recipients"]:
         for s in config["grid"]["scenes"]:
-            if matrix is None or is_suitable(matrix, r, s):
+            if (matrix is None or is_suitable(matrix, r, s)) and (r, s) not in out:
                 yield Cell(style, round_, r, s)
 
 

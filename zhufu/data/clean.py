@@ -16,6 +16,7 @@ from zhufu.data.records import validate_records
 from zhufu.data.rules import ALL_RULES, record_verdicts, rewritten_input, rule_set_rules
 from zhufu.grid import load_suitability
 from zhufu.io import read_json, write_json
+from zhufu.model.review import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.text import count_chars
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ def rules_by_set(records: list[dict], rules: dict) -> dict:
 class Changes:
     """What the rules did, for the report: per-rule counts, every dropped and every modified record."""
 
-    counts: dict = field(default_factory=lambda: {name: {"dropped": 0, "modified": 0} for name in ALL_RULES})
+    counts: dict = field(
+        default_factory=lambda: {name: {"dropped": 0, "modified": 0} for name in (*ALL_RULES, REVIEW_RULE)}
+    )
+    review: dict = field(default_factory=lambda: {"applied": [], "stale": []})
     dropped: list[dict] = field(default_factory=list)
     modified: list[dict] = field(default_factory=list)
 
@@ -70,11 +74,13 @@ def clean_records(
     system_prompt: str | None,
     matrix: dict | None,
     workers: int | None = None,
+    decisions: dict[str, dict] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Apply the cleaning rules. Returns the kept records (with meta) and the report."""
+    """Apply the cleaning rules, then the review decisions (zhufu.model.review). Returns the kept records
+    (with meta) and the report."""
     changes = Changes()
     by_set = rules_by_set(records, rules)
-    survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes)
+    survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
     gone = drop_duplicates(survivors, rules, changes, by_set)
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
@@ -90,6 +96,7 @@ def apply_record_rules(
     matrix: dict | None,
     workers: int | None,
     changes: Changes,
+    decisions: dict[str, dict] | None = None,
 ) -> list[dict]:
     """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
     record gets the rules of its rule set (meta.rule_set), if it names one."""
@@ -117,6 +124,26 @@ def apply_record_rules(
             pending.extend((rule, before, after, k) for rule, before, after in verdict.changes)
             turn["output"] = verdict.text
             verdict_drop = verdict.dropped
+        # Review decisions (the user's review/decisions.jsonl): reject drops, edit replaces, accept keeps
+        # a record a rule would drop; a decision about a changed record is reported, not applied.
+        decision = (decisions or {}).get(record["id"])
+        action, edited = apply_decision(record, decision)
+        if action == "stale":
+            changes.review["stale"].append(
+                {"id": record["id"], "decision": decision["decision"], "judged": decision["judged"]}
+            )
+        elif action != "none":
+            changes.review["applied"].append({"id": record["id"], "decision": action})
+        if action == "reject":
+            changes.drop(record, REVIEW_RULE, "rejected in review")
+            continue
+        if action == "edit":
+            pending.append((REVIEW_RULE, turns[0]["output"], edited, 0))
+            turns[0]["output"] = edited
+            verdict_drop = None
+        if action == "accept" and verdict_drop:
+            changes.review["applied"][-1]["overrides"] = verdict_drop[0]
+            verdict_drop = None
         if verdict_drop:
             changes.drop(record, *verdict_drop)
             continue
@@ -192,7 +219,14 @@ def _report(records: list[dict], kept: list[dict], rules: dict, changes: Changes
         "rows_out": len(kept),
         "rows_dropped": len(changes.dropped),
         "rows_modified": len({m["id"] for m in changes.modified}),
-        "rules": {name: {"enabled": rules[name]["enabled"], **changes.counts[name]} for name in ALL_RULES},
+        "rules": {
+            **{name: {"enabled": rules[name]["enabled"], **changes.counts[name]} for name in ALL_RULES},
+            REVIEW_RULE: {
+                "enabled": bool(changes.review["applied"] or changes.review["stale"]),
+                **changes.counts[REVIEW_RULE],
+            },
+        },
+        "review": changes.review,
         "rule_sets": _per_rule_set(records, kept, changes, by_set),
         "dropped": changes.dropped,
         "modified": changes.modified,
@@ -228,11 +262,20 @@ def clean(
     suitability: str | Path | None = None,
     card: str | Path | None = None,
     provenance: dict | None = None,
+    decisions: str | Path | None = None,
 ) -> dict:
-    """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given)."""
+    """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
+    is the review decisions file (zhufu.model.review), applied after the rules."""
     records = validate_records(read_json(merged), merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
-    kept, report = clean_records(records, rules, styles, system_prompt, matrix)
+    kept, report = clean_records(
+        records,
+        rules,
+        styles,
+        system_prompt,
+        matrix,
+        decisions=load_decisions(decisions) if decisions else None,
+    )
     report = {"input": str(merged), **report}
     write_json(train, training_rows(kept), indent=1)
     write_json(report_path, report, indent=1)
@@ -255,6 +298,9 @@ def add_clean_arguments(parser) -> None:
     parser.add_argument("--report", required=True, help="cleaning report to write (JSON)")
     parser.add_argument("--card", help="also write the dataset card (markdown)")
     parser.add_argument("--config", help="config whose `clean:` rules and styles apply (default config.yaml)")
+    parser.add_argument(
+        "--decisions", help="review decisions to apply (default: the config's review.decisions)"
+    )
 
 
 def run_clean(args) -> int:
@@ -269,6 +315,7 @@ def run_clean(args) -> int:
         suitability=config["grid"].get("suitability"),
         card=args.card,
         provenance=provenance_from_config(config),
+        decisions=args.decisions or config["review"]["decisions"],
     )
     print(f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept; report {args.report}")
     return 0

@@ -8,12 +8,24 @@ flight and never leaves a half-written row. Only successful, non-empty answers a
 The key is the sha256 of canonical JSON of who answers (kind, endpoint host, model), the messages, the
 sampling parameters and the sample number (the round: the same prompt asked in two rounds is two draws);
 never the API key, and never the offline teacher's random port.
+
+The same file keeps the run-level accounts that every generate process shares (all of them run on the
+submitting host, so SQLite's locking holds):
+- `spend`: one row per paid answer (provider, model, tokens, cost), written in the answer's own
+  transaction. A budget is checked against its sum, so it holds across jobs and reruns (`zhufu spend`).
+- `holds`: the worst-case cost of each call in flight, so concurrent jobs can't overshoot the budget
+  together; the holds of a process that died are dropped.
+- `sends`: the requests of the last window and their estimated tokens, so RPM and TPM caps hold for all
+  jobs together. A request holds its slot from the moment it may be sent until a window after its answer
+  (or failure) came back: whenever the server saw it, no window of the server's clock holds more than
+  the cap.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -29,7 +41,30 @@ CREATE TABLE IF NOT EXISTS answers (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     created REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS spend (
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    currency TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holds (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    cost REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sends (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    t REAL NOT NULL,
+    tokens INTEGER NOT NULL,
+    pid INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_scope_t ON sends (scope, t);
 """
 
 
@@ -41,6 +76,34 @@ def canonical_request(identity: dict, messages: list[dict], params: dict, sample
     """`sample` tells apart independent draws of the same request: round 1 must not reuse round 0's answer."""
     blob = {"provider": identity, "messages": messages, "params": params, "sample": sample}
     return json.dumps(blob, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+IN_FLIGHT = 1e18  # the time of a slot whose request has not come back yet
+IN_FLIGHT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Payment:
+    """One paid answer for the spend ledger: who (provider identity as JSON, model) and how much."""
+
+    provider: str
+    model: str
+    cost: float
+    currency: str
+
+
+def _scope(scope: tuple[str, str]) -> str:
+    return json.dumps(list(scope), ensure_ascii=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -63,7 +126,7 @@ class AnswerCache:
                 self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
-                self.conn.execute(SCHEMA)
+                self.conn.executescript(SCHEMA)
             self.conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as e:
             raise ProviderError(
@@ -79,8 +142,19 @@ class AnswerCache:
     def __contains__(self, key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
 
-    def put(self, key: str, request: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Store one successful answer in its own transaction (durable once this returns)."""
+    def put(
+        self,
+        key: str,
+        request: str,
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        paid: Payment | None = None,
+        release: int | None = None,
+    ) -> None:
+        """Store one successful answer in its own transaction (durable once this returns), with its
+        payment in the spend ledger and the release of its budget hold, all or nothing."""
         if not text.strip():
             raise ValueError("refusing to cache an empty answer")
         self.conn.execute("BEGIN IMMEDIATE")
@@ -89,10 +163,132 @@ class AnswerCache:
                 "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
                 (key, request, text, prompt_tokens, completion_tokens, time.time()),
             )
+            if paid is not None:
+                self.conn.execute(
+                    "INSERT INTO spend VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        paid.provider,
+                        paid.model,
+                        prompt_tokens,
+                        completion_tokens,
+                        paid.cost,
+                        paid.currency,
+                        time.time(),
+                    ),
+                )
+            if release is not None:
+                self.conn.execute("DELETE FROM holds WHERE id = ?", (release,))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    # ------------------------------------------------------------------------------------ the budget
+
+    def spent(self, provider: str, model: str) -> float:
+        row = self.conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM spend WHERE provider = ? AND model = ?", (provider, model)
+        ).fetchone()
+        return float(row[0])
+
+    def hold(self, scope: tuple[str, str], cost: float, budget: float) -> int | None:
+        """Reserve `cost` of `budget` for one call; None if spent + held + cost would pass the budget."""
+        provider, model = scope
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._drop_dead_holds()
+            held = self.conn.execute(
+                "SELECT COALESCE(SUM(cost), 0) FROM holds WHERE scope = ?", (_scope(scope),)
+            ).fetchone()[0]
+            if self.spent(provider, model) + held + cost > budget:
+                self.conn.execute("COMMIT")
+                return None
+            cur = self.conn.execute(
+                "INSERT INTO holds (scope, pid, cost) VALUES (?, ?, ?)", (_scope(scope), os.getpid(), cost)
+            )
+            self.conn.execute("COMMIT")
+            return cur.lastrowid
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def release(self, hold_id: int) -> None:
+        self.conn.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
+
+    def _drop_dead_holds(self) -> None:
+        for (pid,) in self.conn.execute("SELECT DISTINCT pid FROM holds").fetchall():
+            if not _alive(pid):
+                self.conn.execute("DELETE FROM holds WHERE pid = ?", (pid,))
+
+    def spend_table(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT provider, model, currency, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost),"
+            " MIN(created), MAX(created) FROM spend GROUP BY provider, model, currency ORDER BY provider, model"
+        ).fetchall()
+        keys = (
+            "provider",
+            "model",
+            "currency",
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "first",
+            "last",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # ------------------------------------------------------------------------------------ the rate
+
+    def take_send_slot(
+        self, scope: tuple[str, str], rpm: float | None, tpm: float | None, tokens: int, window: float
+    ) -> tuple[float, int | None]:
+        """Take a slot for one request now: (0, slot id), or (seconds to wait before asking again, None).
+
+        A sliding window over every process's requests: at most `rpm` requests and `tpm` tokens in any
+        `window` seconds. The slot counts as in flight (time +inf) until `end_send_slot`.
+        """
+        key = _scope(scope)
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("DELETE FROM sends WHERE t <= ?", (now - window,))
+            for (pid,) in self.conn.execute("SELECT DISTINCT pid FROM sends WHERE t > ?", (now,)).fetchall():
+                if not _alive(pid):  # in flight in a process that died: it ended at the latest now
+                    self.conn.execute("UPDATE sends SET t = ? WHERE pid = ? AND t > ?", (now, pid, now))
+            sent = self.conn.execute(
+                "SELECT t, tokens FROM sends WHERE scope = ? ORDER BY t", (key,)
+            ).fetchall()
+            leave = []  # when each slot that must be freed first leaves the window
+            if rpm is not None and len(sent) + 1 > rpm:
+                leave.append(sent[len(sent) - int(rpm)][0])
+            if tpm is not None:
+                tokens = min(tokens, int(tpm))
+                excess = sum(n for _, n in sent) + tokens - tpm
+                for t, n in sent:
+                    if excess <= 0:
+                        break
+                    excess -= n
+                    leave.append(t)
+            slot = None
+            if not leave:
+                slot = self.conn.execute(
+                    "INSERT INTO sends (scope, t, tokens, pid) VALUES (?, ?, ?, ?)",
+                    (key, IN_FLIGHT, tokens, os.getpid()),
+                ).lastrowid
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        if slot is not None:
+            return 0.0, slot
+        last = max(leave)
+        # A slot still in flight leaves a window after its answer: look again soon.
+        return (IN_FLIGHT_POLL_S if last >= IN_FLIGHT else max(0.01, last + window - now)), None
+
+    def end_send_slot(self, slot: int) -> None:
+        """The request's answer (or failure) is back: its slot leaves the window `window` seconds from now."""
+        self.conn.execute("UPDATE sends SET t = ? WHERE id = ?", (time.time(), slot))
 
     def __len__(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]

@@ -6,28 +6,38 @@ the shard selection of the `generate` and `estimate` commands.
 
 from __future__ import annotations
 
+import json
 import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from zhufu import grid
-from zhufu.config import load_config
+from zhufu.config import add_configfile_argument, load_config
 from zhufu.errors import ProviderError
 from zhufu.generate.cache import cache_key, canonical_request, open_readonly
 from zhufu.generate.providers import provider_identity, sampling_params
+from zhufu.io import write_json
 from zhufu.text import count_cjk
 
 
-def cell_key(config: dict, prompt: grid.Prompt) -> tuple[str, str]:
-    """The answer cache's key of a cell's prompt, and the canonical request it stands for."""
-    identity = provider_identity(config["provider"])
+def cell_key(config: dict, prompt: grid.Prompt, endpoint: str | None = None) -> tuple[str, str]:
+    """The answer cache's key of a cell's prompt, and the canonical request it stands for, for the
+    endpoint that answers it (None: the config's own)."""
+    identity = provider_identity(config["provider"], endpoint)
     params = sampling_params(config["provider"])
     sample = prompt.cell.round
     return (
         cache_key(identity, prompt.messages, params, sample),
         canonical_request(identity, prompt.messages, params, sample),
     )
+
+
+def spend_scope(provider: dict, endpoint: str | None = None) -> tuple[str, str]:
+    """(provider, model) of the spend ledger and the shared rate caps: who answers, and the model."""
+    identity = provider_identity(provider, endpoint)
+    model = identity.pop("model")
+    return json.dumps(identity, sort_keys=True), model
 
 
 def estimate_tokens(text: str) -> int:
@@ -98,13 +108,43 @@ def estimate_shards(
     return out
 
 
+def estimate_report(config: dict, estimates: list[ShardEstimate], cache_path: str | Path) -> dict:
+    """The estimate as JSON (results/estimate.json, `zhufu estimate --json`): per shard and in total."""
+    provider = config["provider"]
+    shards = []
+    for e in estimates:
+        row = {k: getattr(e, k) for k in ShardEstimate.__dataclass_fields__}
+        row["cost"] = round(cost_of(provider, e.prompt_tokens, e.completion_tokens), 6)
+        shards.append(row)
+    total = {k: sum(r[k] for r in shards) for k in ("cells", "skipped", "cached", "calls")}
+    total["prompt_tokens"] = sum(e.prompt_tokens for e in estimates)
+    total["completion_tokens"] = sum(e.completion_tokens for e in estimates)
+    total["cost"] = round(cost_of(provider, total["prompt_tokens"], total["completion_tokens"]), 6)
+    cache = open_readonly(cache_path)
+    try:
+        spent = cache.spent(*spend_scope(provider)) if cache is not None else 0.0
+    finally:
+        if cache is not None:
+            cache.close()
+    return {
+        "provider": provider.get("name") or provider["kind"],
+        "kind": provider["kind"],
+        "model": provider["model"],
+        "currency": (provider.get("price") or {}).get("currency", ""),
+        "budget": provider.get("budget"),
+        "spent_before": round(spent, 6),
+        "total": total,
+        "shards": shards,
+    }
+
+
 def _ljust(text: str, width: int) -> str:
     """Pad to a terminal width, counting CJK characters as two columns."""
     cols = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
     return text + " " * max(1, width - cols)
 
 
-def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
+def format_estimate(config: dict, estimates: list[ShardEstimate], spent: float = 0.0) -> str:
     provider = config["provider"]
     lines = [
         f"provider {provider['kind']} / {provider['model']} (estimate: 1 token per CJK character, "
@@ -124,7 +164,11 @@ def format_estimate(config: dict, estimates: list[ShardEstimate]) -> str:
     budget = provider.get("budget")
     lines.append(
         f"total: {calls} calls, ~{pin} input + ~{pout} output tokens, ~{money(provider, total)}"
-        + (f" (budget {money(provider, budget)})" if budget is not None else "")
+        + (
+            f" (budget {money(provider, budget)}, {money(provider, spent)} of it spent already)"
+            if budget is not None
+            else ""
+        )
     )
     return "\n".join(lines)
 
@@ -144,18 +188,66 @@ def selected_shards(config: dict, style: str | None, round_: int | None) -> list
 
 
 def add_shard_arguments(parser) -> None:
-    parser.add_argument("--config", help="config YAML (default: the project's config.yaml)")
+    add_configfile_argument(parser)
     parser.add_argument("--style", help="only this style (default: all)")
     parser.add_argument("--round", type=int, help="only this round (default: all)")
     parser.add_argument("--cache", help="answer cache (default: the config's `cache`)")
 
 
+def estimate(config: dict, selected: list[tuple[str, int]], cache_path: str | Path) -> tuple[str, dict]:
+    """The estimate table and its JSON (what `zhufu estimate` and `snakemake estimate` print)."""
+    estimates = estimate_shards(config, selected, cache_path)
+    report = estimate_report(config, estimates, cache_path)
+    return format_estimate(config, estimates, report["spent_before"]), report
+
+
+def write_estimate(
+    config: dict, shards: list[tuple[str, int]], cache_path: str | Path, out_path: str | Path
+) -> dict:
+    """The `estimate` rule: write results/estimate.json and print the table, spending nothing."""
+    table, report = estimate(config, shards, cache_path)
+    write_json(out_path, report)
+    print(table)
+    return report
+
+
 def add_estimate_arguments(parser) -> None:
     add_shard_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print results/estimate.json's JSON instead")
 
 
 def run_estimate(args) -> int:
-    config = load_config(args.config)
+    config = load_config(*args.configfiles)
     selected = selected_shards(config, args.style, args.round)
-    print(format_estimate(config, estimate_shards(config, selected, args.cache or config["cache"])))
+    table, report = estimate(config, selected, args.cache or config["cache"])
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else table)
+    return 0
+
+
+def add_spend_arguments(parser) -> None:
+    add_configfile_argument(parser)
+    parser.add_argument("--cache", help="answer cache (default: the config's `cache`)")
+    parser.add_argument("--json", action="store_true", help="print the ledger as JSON")
+
+
+def run_spend(args) -> int:
+    """The spend ledger of the cache: every paid answer of every run, per provider and model."""
+    config = load_config(*args.configfiles)
+    cache_path = args.cache or config["cache"]
+    cache = open_readonly(cache_path)
+    rows = cache.spend_table() if cache is not None else []
+    if cache is not None:
+        cache.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    print(f"spend ledger of {cache_path} (every paid answer, all runs)")
+    print(f"{'provider':<34}{'model':<24}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}")
+    for r in rows:
+        print(
+            f"{r['provider']:<34}{r['model']:<24}{r['calls']:>7}{r['prompt_tokens']:>10}"
+            f"{r['completion_tokens']:>10}{r['cost']:>10.4f} {r['currency']}"
+        )
+    if not rows:
+        print("(nothing spent yet)")
     return 0

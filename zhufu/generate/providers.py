@@ -15,8 +15,13 @@ alone takes about a second to import.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import datetime
 import email.utils
+import math
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,24 +57,43 @@ class CallError(Exception):
         self.status = status
 
 
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms` / `retry-after` (seconds or HTTP date); None if absent."""
+RETRY_AFTER_MAX_S = 120.0
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def parse_retry_after(headers: Any, max_s: float = RETRY_AFTER_MAX_S) -> float | None:
+    """Seconds to wait from `retry-after-ms` / `retry-after`, clamped to [0, max_s]; None if absent or
+    unreadable (then the normal backoff applies).
+
+    `retry-after` is seconds or an HTTP date (RFC 9110); anything else (`soon`, `inf`) is ignored, and a
+    huge value is cut to `max_s`, so one server's header can never stall every worker for hours.
+    """
     if headers is None:
         return None
+    wait = None
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    if ms and (value := _seconds(str(ms).strip())) is not None:
+        wait = value / 1000
+    text = str(headers.get("retry-after") or "").strip()
+    if wait is None and text:
+        wait = _seconds(text)
+        if wait is None:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                when = None
+            if when is not None:
+                if when.tzinfo is None:  # RFC 9110 dates are GMT
+                    when = when.replace(tzinfo=datetime.UTC)
+                wait = max(0.0, when.timestamp() - time.time())
+    return None if wait is None else min(wait, max_s)
 
 
 def sampling_params(provider: dict) -> dict:
@@ -80,12 +104,15 @@ def sampling_params(provider: dict) -> dict:
     return params
 
 
-def provider_identity(provider: dict) -> dict:
-    """Who answers, for the cache key: kind, endpoint host (not port, not key) and model.
+def provider_identity(provider: dict, endpoint: str | None = None) -> dict:
+    """Who answers, for the cache key and the spend ledger: kind, endpoint host (not port, not key), model.
 
-    The offline teacher runs on a random port of 127.0.0.1, so its endpoint is left out entirely, and the
-    hash of its phrase bank (resources/phrases.yaml) stands in for a model's weights; for remote kinds the
-    host tells DeepSeek's `deepseek-chat` from a local vLLM serving the same name.
+    `endpoint` is the base URL that is really called when it is not the config's own (`--base-url`):
+    its answers are then cached under its host, never under the config's provider. The offline teacher
+    (kind offline, whichever of its instances answers) runs on a random port of 127.0.0.1, so its endpoint
+    is left out entirely, and the hash of its phrase bank (resources/phrases.yaml) stands in for a model's
+    weights; for remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM or a test server
+    serving that name.
     """
     identity = {"kind": provider["kind"], "model": provider["model"]}
     if provider["kind"] == "offline":
@@ -93,9 +120,50 @@ def provider_identity(provider: dict) -> dict:
 
         identity["bank"] = bank_digest()  # an edited phrase bank answers anew
     else:
-        url = provider.get("base_url") or (ZHIPUAI_DEFAULT_BASE_URL if provider["kind"] == "zhipuai" else "")
+        url = (
+            endpoint
+            or provider.get("base_url")
+            or (ZHIPUAI_DEFAULT_BASE_URL if provider["kind"] == "zhipuai" else "")
+        )
         identity["host"] = (urlsplit(url).hostname or "").lower()
     return identity
+
+
+# Where the key went when the workflow submits jobs to a cluster (hide_api_key_from_jobs).
+KEY_DIR_ENV = "ZHUFU_KEY_DIR"
+
+
+def hide_api_key_from_jobs(provider: dict) -> str | None:
+    """Take the API key out of this process's environment before any cluster job is submitted.
+
+    The SLURM plugin submits with `sbatch --export=ALL`, which copies the submitting environment into
+    every job and into SLURM's stored job state. The main Snakemake process calls this at start-up when
+    it runs a cluster executor: the key moves to a 0600 file in a private 0700 directory of this host's
+    temporary space, removed when the process exits, and only that directory's path stays in the
+    environment. The generate jobs (local rules, on this host) read the key from there; a compute job
+    on another node has nothing to read, and no job's environment or script holds the key.
+    """
+    env = provider.get("api_key_env")
+    if provider["kind"] == "offline" or not env or env not in os.environ:
+        return None
+    key = os.environ.pop(env)
+    directory = tempfile.mkdtemp(prefix="zhufu-key-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = os.path.join(directory, env)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    os.environ[KEY_DIR_ENV] = directory
+    return directory
+
+
+def _key_from_env(env: str) -> str:
+    key = os.environ.get(env, "").strip()
+    directory = os.environ.get(KEY_DIR_ENV)
+    if not key and directory and os.path.isfile(os.path.join(directory, env)):
+        with open(os.path.join(directory, env), encoding="utf-8") as fh:
+            key = fh.read().strip()
+    return key
 
 
 def resolve_api_key(provider: dict) -> str:
@@ -110,7 +178,7 @@ def resolve_api_key(provider: dict) -> str:
         )
     if problem := api_key_env_problem(env):
         raise ProviderError(f"provider.api_key_env {problem}")
-    key = os.environ.get(env, "").strip()
+    key = _key_from_env(env)
     if not key:
         raise ProviderError(
             f"environment variable {env} is not set (provider.api_key_env): export {env}=<your key>"
@@ -118,12 +186,12 @@ def resolve_api_key(provider: dict) -> str:
     return key
 
 
-def _status_error(status: int, headers: Any, body: str) -> CallError:
+def _status_error(status: int, headers: Any, body: str, max_s: float = RETRY_AFTER_MAX_S) -> CallError:
     snippet = " ".join(str(body).split())[:160]
     return CallError(
         f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
         retryable=status in RETRYABLE_STATUS or status >= 500,
-        retry_after=parse_retry_after(headers),
+        retry_after=parse_retry_after(headers, max_s),
         status=status,
     )
 
@@ -154,6 +222,7 @@ class OpenAIProvider:
         self._httpx = httpx
         self.model = provider["model"]
         self.params = sampling_params(provider)
+        self.retry_after_max_s = provider.get("retry_after_max_s", RETRY_AFTER_MAX_S)
         self.client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=provider["timeout_s"]
         )
@@ -169,7 +238,9 @@ class OpenAIProvider:
                 model=self.model, messages=messages, **self.params, **extra
             )
         except openai.APIStatusError as e:
-            raise _status_error(e.status_code, e.response.headers, e.response.text) from None
+            raise _status_error(
+                e.status_code, e.response.headers, e.response.text, self.retry_after_max_s
+            ) from None
         except openai.APITimeoutError:
             raise CallError("timeout", retryable=True) from None
         except openai.APIConnectionError as e:
@@ -191,6 +262,7 @@ class ZhipuProvider:
 
         self.model = provider["model"]
         self.params = sampling_params(provider)
+        self.retry_after_max_s = provider.get("retry_after_max_s", RETRY_AFTER_MAX_S)
         self.client = ZhipuAI(
             api_key=api_key,
             base_url=base_url or ZHIPUAI_DEFAULT_BASE_URL,
@@ -209,7 +281,9 @@ class ZhipuProvider:
         try:
             completion = self.client.chat.completions.create(model=self.model, messages=msgs, **self.params)
         except zerr.APIStatusError as e:
-            raise _status_error(e.status_code, e.response.headers, e.response.text) from None
+            raise _status_error(
+                e.status_code, e.response.headers, e.response.text, self.retry_after_max_s
+            ) from None
         except (zerr.APITimeoutError, httpx.TimeoutException):
             raise CallError("timeout", retryable=True) from None
         except (zerr.APIConnectionError, httpx.TransportError) as e:

@@ -21,21 +21,21 @@ from pathlib import Path
 from zhufu import grid
 from zhufu.config import load_config, shard_config, with_operation  # noqa: F401  (re-exported)
 from zhufu.errors import ProviderError
-from zhufu.generate.cache import AnswerCache
+from zhufu.generate.cache import AnswerCache, Payment
 from zhufu.generate.estimate import (
     add_shard_arguments,
     cell_key,
     cost_of,
-    estimate_shards,
-    format_estimate,
+    estimate,
     money,
     prompt_tokens_estimate,
     selected_shards,
+    spend_scope,
 )
 from zhufu.generate.limits import Limits, backoff_delay
 from zhufu.generate.progress import RunProgress
 from zhufu.generate.providers import CallError, make_provider, resolve_api_key
-from zhufu.io import atomic_path
+from zhufu.io import atomic_path, write_jsonl
 from zhufu.teacher import running_teacher
 
 log = logging.getLogger("zhufu.generate")
@@ -78,8 +78,9 @@ class RunState:
     limits: object
     cache: AnswerCache
     client: object = None
-    spent: float = 0.0
-    reserved: float = 0.0
+    endpoint: str | None = None  # the base URL called, when it is not the config's own
+    spent: float = 0.0  # by this process
+    cache_spent: float = 0.0  # by every run, from the ledger (set at the end)
     budget_reached: bool = False
     fatal: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -102,8 +103,9 @@ async def _call_with_retries(
     p = state.provider
     attempts = p["max_attempts"]
     for attempt in range(1, attempts + 1):
-        await state.limits.acquire(est_tokens)
+        slot = await state.limits.acquire(est_tokens)
         if state.fatal:
+            state.limits.release(slot)
             raise CallError("run aborted", retryable=False)
         try:
             return await state.client.complete(messages, sample=sample)
@@ -115,7 +117,9 @@ async def _call_with_retries(
             if e.status == 429 and e.retry_after:
                 state.limits.pause(delay)
             log.debug("retry %d/%d in %.2fs after %s", attempt, attempts, delay, e.reason)
-            await asyncio.sleep(delay)
+        finally:
+            state.limits.release(slot)  # the request is over, answered or not
+        await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -125,29 +129,36 @@ FATAL_STATUS = {401, 402, 403, 404}
 async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats, grid.Cell]]) -> None:
     p = state.provider
     budget = p.get("budget")
+    scope = spend_scope(p, state.endpoint)
+    currency = (p.get("price") or {}).get("currency", "")
     for stats, cell in items:
         if state.fatal:
             stats.missing += 1
             continue
         prompt = grid.build_prompt(config, cell)
-        key, request = cell_key(config, prompt)
+        key, request = cell_key(config, prompt, state.endpoint)
         if state.cache.get(key) is not None:
             stats.cached += 1
             stats.done += 1
             continue
         est_in = prompt_tokens_estimate(prompt.messages)
-        worst = cost_of(p, est_in, p["max_tokens"])
-        if budget is not None and (state.budget_reached or state.spent + state.reserved + worst > budget):
+        # The budget is the ledger's total over every job and run: reserve this call's worst case.
+        hold = None
+        if budget is not None and (
+            state.budget_reached
+            or (hold := state.cache.hold(scope, cost_of(p, est_in, p["max_tokens"]), budget)) is None
+        ):
             state.budget_reached = True
             stats.missing += 1
             continue
-        state.reserved += worst
         stats.requested += 1
         try:
             answer = await _call_with_retries(
                 state, prompt.messages, est_in + p["max_tokens"], stats, sample=prompt.cell.round
             )
         except CallError as e:
+            if hold is not None:
+                state.cache.release(hold)
             if e.status in FATAL_STATUS and not state.fatal:
                 state.fatal = f"{e.reason} (provider {p['kind']}, model {p['model']})"
             elif state.fatal and e.status is None and not e.retryable:
@@ -155,10 +166,20 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
                 continue
             stats.failed.append((cell, e.reason))
             continue
-        finally:
-            state.reserved -= worst
-        state.cache.put(key, request, answer.text, answer.prompt_tokens, answer.completion_tokens)
+        except BaseException:
+            if hold is not None:
+                state.cache.release(hold)
+            raise
         cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
+        state.cache.put(
+            key,
+            request,
+            answer.text,
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            paid=Payment(scope[0], scope[1], cost, currency),
+            release=hold,
+        )
         state.spent += cost
         stats.cost += cost
         stats.prompt_tokens += answer.prompt_tokens
@@ -167,10 +188,17 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
 
 
 async def _run(
-    config: dict, shards: list[ShardStats], matrix, cache: AnswerCache, client, progress: bool
+    config: dict,
+    shards: list[ShardStats],
+    matrix,
+    cache: AnswerCache,
+    client,
+    progress: bool,
+    endpoint: str | None = None,
 ) -> RunState:
     p = config["provider"]
-    state = RunState(provider=p, limits=Limits(p.get("rpm"), p.get("tpm")), cache=cache, client=client)
+    limits = Limits(p.get("rpm"), p.get("tpm"), shared=cache, scope=spend_scope(p, endpoint))
+    state = RunState(provider=p, limits=limits, cache=cache, client=client, endpoint=endpoint)
 
     def items():
         for stats in shards:
@@ -190,16 +218,39 @@ async def _run(
     return state
 
 
-def write_shard(config: dict, stats: ShardStats, matrix, cache: AnswerCache) -> None:
-    """Stream the shard from the cache to a temp file, then rename it into place (never partial)."""
+def failures_path(shard: str | Path) -> Path:
+    """The failures file beside a shard: round_<r>.failures.jsonl (not *.json, so no merge picks it up)."""
+    shard = Path(shard)
+    return shard.with_name(shard.stem + ".failures.jsonl")
+
+
+def write_failures(stats: ShardStats) -> None:
+    """One JSON line per cell that failed for good (an empty file: none), written beside the shard."""
+    rows = [
+        {"style": c.style, "round": c.round, "recipient": c.recipient, "scene": c.scene, "reason": reason}
+        for c, reason in stats.failed
+    ]
+    write_jsonl(failures_path(stats.out_path), rows)
+
+
+def write_shard(
+    config: dict, stats: ShardStats, matrix, cache: AnswerCache, endpoint: str | None = None
+) -> None:
+    """Stream the shard from the cache to a temp file, then rename it into place (never partial).
+
+    The cells in `stats.failed` (under provider.max_failed_share) are left out and listed beside it."""
     p = config["provider"]
     provider_name = p.get("name") or p["kind"]
+    failed = {c for c, _ in stats.failed}
+    write_failures(stats)
     with atomic_path(stats.out_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write("[")
         first = True
         for cell in grid.iter_cells(config, stats.style, stats.round, matrix):
+            if cell in failed:
+                continue
             prompt = grid.build_prompt(config, cell)
-            key, _ = cell_key(config, prompt)
+            key, _ = cell_key(config, prompt, endpoint)
             hit = cache.get(key)
             if hit is None:
                 raise ProviderError(f"{stats.out_path}: cell {cell} lost its cached answer; rerun generate")
@@ -235,6 +286,16 @@ def _endpoint(config: dict, base_url: str | None):
         yield url
 
 
+def _other_endpoint(config: dict, base_url: str | None) -> str | None:
+    """`--base-url` when it is not the config's own endpoint: its answers are its own in the cache."""
+    return base_url if base_url and base_url != config["provider"].get("base_url") else None
+
+
+def _shard_ok(s: ShardStats, max_failed_share: float) -> bool:
+    """Every cell answered, but for failures within the allowed share; none left unrequested."""
+    return not s.missing and s.done + len(s.failed) == s.cells and len(s.failed) <= max_failed_share * s.cells
+
+
 def generate_shards(
     config: dict,
     shards: list[tuple[str, int, str | Path]],
@@ -259,19 +320,32 @@ def generate_shards(
         s.cells = sum(1 for _ in grid.iter_cells(config, s.style, s.round, matrix))
     for noisy in ("httpx", "httpx2", "openai", "zhipuai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    endpoint = _other_endpoint(config, base_url)
+    share = p.get("max_failed_share", 0.0)
     with AnswerCache(cache_path) as cache:
         with _endpoint(config, base_url) as url:
             client = make_provider(p, api_key, url)
             started = time.monotonic()
-            state = asyncio.run(_run(config, stats, matrix, cache, client, progress))
+            state = asyncio.run(_run(config, stats, matrix, cache, client, progress, endpoint))
             seconds = time.monotonic() - started
+        state.cache_spent = cache.spent(*spend_scope(p, endpoint))
         for s in stats:
-            if not s.failed and not s.missing and s.done == s.cells:
-                write_shard(config, s, matrix, cache)
-            elif s.out_path.exists():
+            if _shard_ok(s, share):
+                write_shard(config, s, matrix, cache, endpoint)
+                for cell, reason in s.failed:
+                    log.warning(
+                        "%s: left out %s × %s, failed for good: %s",
+                        s.name,
+                        cell.recipient,
+                        cell.scene,
+                        reason,
+                    )
+            else:
                 # An older shard would pass for this run's output: incomplete means no file at all.
-                s.out_path.unlink()
-                log.warning("%s: removed the shard of an earlier run (this run is incomplete)", s.out_path)
+                for old in (s.out_path, failures_path(s.out_path)):
+                    if old.exists():
+                        old.unlink()
+                        log.warning("%s: removed the file of an earlier run (this run is incomplete)", old)
             log.info("%s", _summary(s, p, seconds))
     _raise_if_incomplete(stats, state, p)
     return stats
@@ -297,10 +371,16 @@ def _raise_if_incomplete(stats: list[ShardStats], state: RunState, provider: dic
             if len(failed) > FAILED_CELLS_SHOWN
             else ""
         )
-        parts.append(f"{len(failed)} cells failed after all retries: {shown}{more}")
+        share = provider.get("max_failed_share", 0.0)
+        parts.append(
+            f"{len(failed)} cells failed after all retries (more than provider.max_failed_share {share:g} of "
+            f"a shard): {shown}{more}"
+        )
     if state.budget_reached:
         parts.append(
-            f"budget {money(provider, provider['budget'])} reached after spending {money(provider, state.spent)}; "
+            f"budget {money(provider, provider['budget'])} reached (spent by all runs: "
+            f"{money(provider, state.cache_spent)}, by this job: {money(provider, state.spent)}; "
+            "`zhufu spend` lists it); "
             f"{missing} cells not requested"
         )
     elif missing and not state.fatal:
@@ -334,7 +414,9 @@ def add_generate_arguments(parser) -> None:
         "-o", "--out-dir", default="results/raw", help="shards go to DIR/<style>/round_<r>.json"
     )
     parser.add_argument(
-        "--base-url", help="call this endpoint instead of the config's (or the offline teacher)"
+        "--base-url",
+        help="call this endpoint instead of the config's (or the offline teacher); its answers are cached "
+        "under its own host",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the calls, tokens and cost; call nothing"
@@ -345,11 +427,11 @@ def add_generate_arguments(parser) -> None:
 
 
 def run_generate(args) -> int:
-    config = load_config(args.config)
+    config = load_config(*args.configfiles)
     selected = selected_shards(config, args.style, args.round)
     cache_path = args.cache or config["cache"]
     if args.dry_run:
-        print(format_estimate(config, estimate_shards(config, selected, cache_path)))
+        print(estimate(config, selected, cache_path)[0])
         return 0
     shards = [(s, r, shard_path(args.out_dir, s, r)) for s, r in selected]
     generate_shards(config, shards, cache_path, base_url=args.base_url, progress=not args.no_progress)

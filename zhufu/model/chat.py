@@ -109,6 +109,55 @@ def reply(
     return answer.strip()
 
 
+def reply_stream(
+    chat: ChatModel,
+    text: str,
+    *,
+    system: str = TIANJI_SYSTEM,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+):
+    """The answer of `reply`, yielded in pieces as it is generated (transformers' TextIteratorStreamer)."""
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+    prompt = build_prompt(chat.tokenizer, messages)
+    ids = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(chat.device)
+    streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 0.9}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    if temperature > 0:
+        torch.manual_seed(seed)
+    kwargs = dict(
+        **ids,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=chat.stop_ids,
+        pad_token_id=chat.tokenizer.pad_token_id or chat.stop_ids[0],
+        streamer=streamer,
+        **sampling,
+    )
+
+    def run():
+        with torch.no_grad():
+            chat.model.generate(**kwargs)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        yield from streamer
+    finally:
+        worker.join()
+
+
 def interactive(chat: ChatModel, *, keep_history: bool, stdin=None, stdout=None, **kwargs) -> None:
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout

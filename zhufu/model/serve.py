@@ -1,18 +1,38 @@
-"""`zhufu serve`: a small web demo of the tuned model (one page, no external assets, 127.0.0.1 by default)."""
+"""`zhufu serve`: a small web demo of the tuned model (one page, no external assets, 127.0.0.1 by default).
+
+- The answer streams as it is generated (POST /api/stream, newline-delimited JSON); POST /api/chat answers
+  in one piece.
+- Recipient, scene and style can be picked from the config's lists or typed freely; "再来一条" samples again.
+- The page draws Chinese with the CJK font the project ships (resources/fonts), served at /font.ttf and used
+  through @font-face, so it does not depend on the system's fonts.
+
+Misuse it refuses: a Host other than the one it serves (DNS rebinding) → 421; a cross-origin POST (an
+Origin header that is not this server) → 403; a POST that is not `application/json` (a CSRF form or
+text/plain) → 415; no Content-Length → 411; a body over MAX_BODY_BYTES → 413; a body that does not
+arrive within BODY_TIMEOUT_S → 408; more than MAX_WAITING requests queued for the model → 503. Everything it
+inserts into the page is escaped.
+"""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from zhufu.model.chat import load_chat_model, reply
+from zhufu.data.figures import FONT_PATH
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 200
+MAX_BODY_BYTES = 4096
+BODY_TIMEOUT_S = 5.0
+MAX_WAITING = 32
+AGAIN_TEMPERATURE = 0.7
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 PAGE = """<!doctype html>
 <html lang="zh">
@@ -21,68 +41,177 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Zhufu 祝福</title>
 <style>
-  body { font-family: "WenQuanYi Micro Hei", "Noto Sans CJK SC", sans-serif; max-width: 40rem; margin: 2rem auto;
+  @font-face { font-family: "ZhufuCJK"; src: url("/font.ttf") format("truetype"); font-display: block; }
+  body { font-family: "ZhufuCJK", sans-serif; max-width: 44rem; margin: 2rem auto;
          padding: 0 1rem; color: #222; }
   h1 { font-size: 1.6rem; } .hint { color: #666; font-size: .9rem; }
-  form { display: flex; gap: .5rem; } input { flex: 1; font-size: 1rem; padding: .5rem; }
-  button { font-size: 1rem; padding: .5rem 1rem; }
+  form { display: flex; flex-wrap: wrap; gap: .5rem; } input, button { font: inherit; padding: .5rem; }
+  #text { flex: 1 1 100%; } .pick { flex: 1 1 8rem; }
   #answer { margin-top: 1.5rem; font-size: 1.2rem; min-height: 2rem; white-space: pre-wrap; }
   #error { color: #b00020; }
 </style>
 </head>
 <body>
 <h1>祝福 Zhufu</h1>
-<p class="hint">Model: <code id="model">__MODEL__</code>. Try 祝妹妹谈判顺利，小红书风格 or 祝领导春节快乐，严肃风格.</p>
+<p class="hint">模型 Model: <code id="model">__MODEL__</code>。选对象、场景、风格，或直接输入。</p>
 <form id="ask">
+  <input class="pick" id="recipient" list="recipients" placeholder="对象 姐姐">
+  <input class="pick" id="scene" list="scenes" placeholder="场景 生日">
+  <input class="pick" id="style" list="styles" placeholder="风格 小红书">
   <input id="text" name="text" maxlength="__MAX__" placeholder="祝姐姐生日快乐，小红书风格" autofocus required>
   <button id="send" type="submit">送祝福</button>
+  <button id="again" type="button" disabled>再来一条</button>
 </form>
+<datalist id="recipients"></datalist><datalist id="scenes"></datalist><datalist id="styles"></datalist>
 <div id="answer" aria-live="polite"></div>
 <div id="error" role="alert"></div>
+<script id="lists" type="application/json">__LISTS__</script>
 <script>
-document.getElementById("ask").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const button = document.getElementById("send");
+const lists = JSON.parse(document.getElementById("lists").textContent);
+for (const [id, values] of [["recipients", lists.recipients], ["scenes", lists.scenes],
+                            ["styles", Object.keys(lists.styles)]]) {
+  const dl = document.getElementById(id);
+  for (const v of values) { const o = document.createElement("option"); o.value = v; dl.appendChild(o); }
+}
+function compose() {
+  const r = document.getElementById("recipient").value.trim();
+  const s = document.getElementById("scene").value.trim();
+  const st = document.getElementById("style").value.trim();
+  if (!r && !s) { return; }
+  let text = "祝" + r + s;
+  const trigger = st in lists.styles ? lists.styles[st] : (st ? st + "风格" : null);
+  if (trigger) { text += lists.separator + trigger; }
+  document.getElementById("text").value = text;
+}
+for (const id of ["recipient", "scene", "style"]) {
+  document.getElementById(id).addEventListener("input", compose);
+}
+let last = null, tries = 0;
+async function ask(text, again) {
+  const buttons = [document.getElementById("send"), document.getElementById("again")];
   const answer = document.getElementById("answer");
   const error = document.getElementById("error");
-  button.disabled = true; answer.textContent = "…"; error.textContent = "";
+  buttons.forEach((b) => { b.disabled = true; });
+  answer.textContent = "…"; error.textContent = ""; answer.dataset.done = "";
+  tries = again ? tries + 1 : 0;
   try {
-    const response = await fetch("/api/chat", {
+    const response = await fetch("/api/stream", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({text: document.getElementById("text").value}),
+      body: JSON.stringify({text: text, again: again, seed: tries}),
     });
-    const body = await response.json();
-    if (!response.ok) { throw new Error(body.error || response.statusText); }
-    answer.textContent = body.output;
+    if (!response.ok) {
+      const body = await response.json();
+      throw new Error(body.error || response.statusText);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "", shown = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) { break; }
+      buffer += decoder.decode(value, {stream: true});
+      let nl;
+      while ((nl = buffer.indexOf("\\n")) >= 0) {
+        const event = JSON.parse(buffer.slice(0, nl)); buffer = buffer.slice(nl + 1);
+        if (event.delta !== undefined) { shown += event.delta; answer.textContent = shown; }
+        if (event.error) { throw new Error(event.error); }
+        if (event.done) { answer.textContent = event.output; }
+      }
+    }
+    last = text;
   } catch (e) {
     answer.textContent = ""; error.textContent = String(e.message || e);
   } finally {
-    button.disabled = false;
+    answer.dataset.done = "1";
+    document.getElementById("send").disabled = false;
+    document.getElementById("again").disabled = last === null;
   }
+}
+document.getElementById("ask").addEventListener("submit", (event) => {
+  event.preventDefault();
+  ask(document.getElementById("text").value, false);
 });
+document.getElementById("again").addEventListener("click", () => { if (last !== null) { ask(last, true); } });
 </script>
 </body>
 </html>
 """
 
 
-def make_server(
-    chat, host: str = "127.0.0.1", port: int = 0, *, label: str = "", **reply_kwargs
-) -> ThreadingHTTPServer:
-    """An HTTP server answering GET / (the page) and POST /api/chat ({"text"} -> {"output"})."""
-    lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
-    page = (
-        PAGE.replace("__MODEL__", label or "model").replace("__MAX__", str(MAX_INPUT_CHARS)).encode("utf-8")
+def page_html(label: str, lists: dict) -> bytes:
+    """The page, with the model label escaped for HTML and the lists as JSON that cannot close the script."""
+    data = json.dumps(lists, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
+    data = data.replace("&", "\\u0026")
+    return (
+        PAGE.replace("__MODEL__", html.escape(label or "model"))
+        .replace("__MAX__", str(MAX_INPUT_CHARS))
+        .replace("__LISTS__", data)
+        .encode("utf-8")
     )
 
+
+def demo_lists(config: dict | None) -> dict:
+    """The recipient, scene and style lists the page offers (style -> its trigger, null for none)."""
+    if not config:
+        return {"recipients": [], "scenes": [], "styles": {}, "separator": "，"}
+    return {
+        "recipients": list(config["grid"]["recipients"]),
+        "scenes": list(config["grid"]["scenes"]),
+        "styles": {name: st.get("trigger") for name, st in config["styles"].items()},
+        "separator": config.get("trigger_separator", "，"),
+    }
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def make_server(
+    chat,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    label: str = "",
+    config: dict | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    **reply_kwargs,
+) -> ThreadingHTTPServer:
+    """An HTTP server answering GET / (the page), GET /font.ttf, POST /api/chat and POST /api/stream."""
+    from zhufu.model.chat import reply, reply_stream
+
+    lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
+    waiting = threading.BoundedSemaphore(MAX_WAITING)
+    page = page_html(label, demo_lists(config))
+    font = Path(FONT_PATH).read_bytes() if Path(FONT_PATH).is_file() else None
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the default 5 resets connections under a burst of requests
+
+    server = Server((host, port), None)  # type: ignore[arg-type]
+    bound_port = server.server_address[1]
+    names = {*LOOPBACK, *allowed_hosts}
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(f"[{host}]" if ":" in host else host)
+    hosts = {f"{n}:{bound_port}" for n in names}
+    origins = {f"http://{h}" for h in hosts}
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = body_timeout_s  # socket timeout: a slow or short body cannot hold a thread forever
+
         def log_message(self, fmt, *args):
             log.info("%s %s", self.address_string(), fmt % args)
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
@@ -91,44 +220,146 @@ def make_server(
                 status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8"
             )
 
+        def _check_host(self) -> None:
+            if (self.headers.get("Host") or "").lower() not in hosts:
+                raise BadRequest(HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header (DNS rebinding?)")
+
         def do_GET(self):
+            try:
+                self._check_host()
+            except BadRequest as e:
+                self._json(e.status, {"error": str(e)})
+                return
             if self.path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+                self._send(
+                    HTTPStatus.OK,
+                    page,
+                    "text/html; charset=utf-8",
+                    {
+                        "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                        "script-src 'unsafe-inline'; frame-ancestors 'none'"
+                    },
+                )
+            elif self.path == "/font.ttf" and font is not None:
+                self._send(HTTPStatus.OK, font, "font/ttf", {"Cache-Control": "max-age=86400"})
             elif self.path == "/healthz":
                 self._json(HTTPStatus.OK, {"ok": True})
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.path}"})
+                self._json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
 
-        def do_POST(self):
-            if self.path != "/api/chat":
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {self.path}"})
+        def _request(self) -> dict:
+            """The checked JSON body of a POST: {"text", "again", "seed"}."""
+            self._check_host()
+            origin = self.headers.get("Origin")
+            if origin is not None and origin not in origins:
+                raise BadRequest(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the request must be application/json")
+            raw_length = self.headers.get("Content-Length")
+            if raw_length is None:
+                raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+            try:
+                length = int(raw_length)
+            except ValueError:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+            if length < 0 or length > MAX_BODY_BYTES:
+                raise BadRequest(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes"
+                )
+            try:
+                self._body_read = True
+                raw = self.rfile.read(length)
+            except TimeoutError:
+                raise BadRequest(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time") from None
+            if len(raw) < length:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise BadRequest(
+                    HTTPStatus.BAD_REQUEST, 'the request body must be JSON like {"text": "…"}'
+                ) from None
+            text = body.get("text") if isinstance(body, dict) else None
+            text = text.strip() if isinstance(text, str) else ""
+            if not text:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "请输入祝福对象和场景 (the text is empty)")
+            if len(text) > MAX_INPUT_CHARS:
+                raise BadRequest(
+                    HTTPStatus.BAD_REQUEST, f"the text is longer than {MAX_INPUT_CHARS} characters"
+                )
+            seed = body.get("seed", 0)
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "seed must be a whole number ≥ 0")
+            return {"text": text, "again": body.get("again") is True, "seed": seed}
+
+        def _discard_body(self, status: int) -> None:
+            """Read a small refused body, so that closing the connection does not reset it before the
+            client has read the answer; a large, timed-out or already read body is left alone."""
+            if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_ENTITY_TOO_LARGE):
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                text = (
-                    body["text"].strip()
-                    if isinstance(body, dict) and isinstance(body.get("text"), str)
-                    else ""
-                )
-            except (ValueError, UnicodeDecodeError):
-                self._json(
-                    HTTPStatus.BAD_REQUEST, {"error": 'the request body must be JSON like {"text": "…"}'}
-                )
-                return
-            if not text:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": "请输入祝福对象和场景 (the text is empty)"})
-                return
-            if len(text) > MAX_INPUT_CHARS:
-                self._json(
-                    HTTPStatus.BAD_REQUEST, {"error": f"the text is longer than {MAX_INPUT_CHARS} characters"}
-                )
-                return
-            with lock:
-                output = reply(chat, text, **reply_kwargs)
-            self._json(HTTPStatus.OK, {"input": text, "output": output})
+                if 0 < length <= MAX_BODY_BYTES and not getattr(self, "_body_read", False):
+                    self.rfile.read(length)
+            except (ValueError, OSError):
+                pass
 
-    return ThreadingHTTPServer((host, port), Handler)
+        def _kwargs(self, req: dict) -> dict:
+            kwargs = dict(reply_kwargs)
+            if req["again"]:  # "another one": sample, whatever the default decoding
+                kwargs["temperature"] = kwargs.get("temperature") or AGAIN_TEMPERATURE
+                kwargs["seed"] = req["seed"]
+            return kwargs
+
+        def do_POST(self):
+            if self.path not in ("/api/chat", "/api/stream"):
+                self.close_connection = True
+                self._json(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})
+                return
+            try:
+                req = self._request()
+            except BadRequest as e:
+                self._discard_body(e.status)
+                self.close_connection = True
+                self._json(e.status, {"error": str(e)})
+                return
+            if not waiting.acquire(blocking=False):
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests waiting; try again"})
+                return
+            try:
+                if self.path == "/api/chat":
+                    with lock:
+                        output = reply(chat, req["text"], **self._kwargs(req))
+                    self._json(HTTPStatus.OK, {"input": req["text"], "output": output})
+                else:
+                    self._stream(req)
+            finally:
+                waiting.release()
+
+        def _stream(self, req: dict) -> None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/x-ndjson; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+
+            def event(obj: dict) -> None:
+                self.wfile.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+                self.wfile.flush()
+
+            pieces = []
+            with lock:
+                for piece in reply_stream(chat, req["text"], **self._kwargs(req)):
+                    if piece:
+                        pieces.append(piece)
+                        event({"delta": piece})
+            event({"done": True, "input": req["text"], "output": "".join(pieces).strip()})
+
+    server.RequestHandlerClass = Handler
+    return server
 
 
 def add_serve_arguments(parser) -> None:
@@ -136,19 +367,30 @@ def add_serve_arguments(parser) -> None:
         "model", help="merged model directory (e.g. results/model/merged), or the base model with --adapter"
     )
     parser.add_argument("--adapter", help="a HF LoRA adapter directory to load on top of MODEL")
+    parser.add_argument("--config", help="config whose recipients, scenes and styles the page offers")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    parser.add_argument(
+        "--allow-host", action="append", default=[], help="another Host name the page may be reached by"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
 
 
 def run_serve(args) -> int:
+    from zhufu.config import load_config
+    from zhufu.model.chat import load_chat_model
+
+    config = load_config(args.config)
     chat = load_chat_model(args.model, adapter=args.adapter)
     server = make_server(
         chat,
         args.host,
         args.port,
         label=str(args.model),
+        config=config,
+        allowed_hosts=tuple(args.allow_host),
+        system=config["system_prompt"],
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
     )

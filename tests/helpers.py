@@ -1,0 +1,74 @@
+"""Helpers shared by the test modules: project paths, a copy of the project, running a command.
+
+Import them with `from helpers import ...` (pytest puts tests/ on sys.path). conftest.py holds only
+fixtures; it is never imported as a module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Tianji's system prompt, written out here so that tests do not take it from the code they test.
+TIANJI_SYSTEM = "你现在是一个送祝福大师，帮我针对不同人和事情、节日送对应的祝福"
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    )
+    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the project's files (what a fresh clone has, plus uncommitted work), without results."""
+    for rel in tracked_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    return dest
+
+
+def run_cmd(args, cwd, timeout=600, env=None, **kw):
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)
+
+
+def cuda_available(env: dict[str, str] | None = None) -> bool:
+    """Whether torch sees a usable CUDA device in a child process with `env` added to the environment
+    (e.g. the CUDA_VISIBLE_DEVICES a test gives its command), asked of torch, not of zhufu's own check."""
+    code = "import torch; print(torch.cuda.is_available())"
+    result = run_cmd([sys.executable, "-c", code], cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip() == "True"
+
+
+def greedy_answer(model_dir: Path, text: str, *, system: str, max_new_tokens: int) -> str:
+    """What a model answers to one request, written here with plain transformers as the tests' oracle.
+
+    The chat template with a system and a user turn, greedy decoding that stops at <|im_end|> or
+    <|endoftext|>, the new tokens decoded without special tokens and stripped.
+    """
+    import torch  # heavy: imported only by the tests that generate
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).to(device).eval()
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": text}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+    stops = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    with torch.no_grad():
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=stops[-1]
+        )
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()

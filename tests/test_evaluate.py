@@ -1,0 +1,233 @@
+"""The evaluation suite without models: the held-out split, per-answer scores, intervals, verdicts, the table."""
+
+import json
+
+import pytest
+
+from zhufu.config import load_config
+from zhufu.data.figures import loss_figure, read_scalars
+from zhufu.errors import ConfigError
+from zhufu.grid import cells, held_out, holdout_pairs, iter_cells, load_suitability
+from zhufu.model.evaluate import (
+    bootstrap,
+    distinct_n,
+    evaluation_inputs,
+    score_answer,
+    summarise,
+    table_html,
+    table_markdown,
+    write_results,
+)
+
+CONFIG = load_config()
+MATRIX = load_suitability(CONFIG["grid"]["suitability"])
+
+
+def test_holdout_is_a_seeded_share_of_the_suitable_pairs_independent_of_order():
+    recipients, scenes = ["甲", "乙", "丙", "丁"], ["生日", "春节", "康复", "中秋节", "发财"]
+    pairs = holdout_pairs(recipients, scenes, 0.2, 7)
+    assert len(pairs) == 4  # round(0.2 × 20)
+    assert holdout_pairs(recipients, scenes, 0.2, 7) == pairs
+    assert set(holdout_pairs(recipients[::-1], scenes[::-1], 0.2, 7)) == set(pairs)
+    assert set(holdout_pairs(recipients, scenes, 0.2, 8)) != set(pairs)
+    assert holdout_pairs(recipients, scenes, 0, 7) == []
+    unsuitable = {(r, s): False for r, s in pairs}
+    assert not set(holdout_pairs(recipients, scenes, 0.2, 7, unsuitable)) & set(pairs)
+
+
+def test_held_out_pairs_are_never_generated_but_are_evaluated_in_every_style():
+    out = held_out(CONFIG, MATRIX)
+    assert len(out) >= 5
+    for style in CONFIG["styles"]:
+        generated = {(c.recipient, c.scene) for c in iter_cells(CONFIG, style, 0, MATRIX)}
+        assert generated and not generated & out
+        assert not {(c.recipient, c.scene) for c in cells(CONFIG, style, 0, MATRIX)} & out
+    items = evaluation_inputs(CONFIG, MATRIX)
+    held = [i for i in items if i["source"] == "holdout"]
+    assert {(i["recipient"], i["scene"], i["style"]) for i in held} == {
+        (r, s, st) for r, s in out for st in CONFIG["styles"]
+    }
+    assert [i["input"] for i in items if i["source"] == "tianji"] == CONFIG["evaluate"]["inputs"]
+    # the default run scores at least 60 answers per model
+    assert len(items) * CONFIG["evaluate"]["samples"] >= 60
+    assert CONFIG["evaluate"]["temperature"] == 0.7
+
+
+def test_tianji_inputs_are_parsed_with_scenes_outside_the_grid():
+    items = {i["input"]: i for i in evaluation_inputs(CONFIG, MATRIX) if i["source"] == "tianji"}
+    assert items["祝大家元宵节快乐"]["scene"] == "元宵节"
+    assert items["祝大家元宵节快乐"]["recipient"] is None
+    assert items["祝姐姐生日快乐,小红书风格"]["style"] == "小红书"
+
+
+@pytest.mark.parametrize(
+    ("text", "item", "expected"),
+    [
+        (  # 7 Han + 1 emoji = 8 chars (band 8–50), 1 emoji (band 1–3)
+            "姐姐生日快乐呀🎂",
+            {"recipient": "姐姐", "scene": "生日", "style": "小红书"},
+            {"length_band": True, "emoji_band": True, "recipient": True, "scene": True, "record_rules": True},
+        ),
+        (  # 您 to a peer; 5 chars under 正常's 6; 正常 has no emoji band
+            "您生日快乐",
+            {"recipient": "姐姐", "scene": "生日", "style": "正常"},
+            {
+                "length_band": False,
+                "emoji_band": None,
+                "recipient": False,
+                "scene": True,
+                "record_rules": True,
+            },
+        ),
+        (  # a preamble the meta_answer rule would strip; 你 to an elder
+            "好的，以下是祝福：爷爷，祝你春节快乐",
+            {"recipient": "爷爷", "scene": "春节", "style": "正常"},
+            {
+                "length_band": True,
+                "emoji_band": None,
+                "recipient": False,
+                "scene": True,
+                "record_rules": False,
+            },
+        ),
+        (  # 严肃 allows no emoji; the scene is only alluded to (月饼); recipient not named
+            "恭祝阖家团圆，月饼香甜🎉，万事顺意",
+            {"recipient": "领导", "scene": "中秋节", "style": "严肃"},
+            {
+                "length_band": True,
+                "emoji_band": False,
+                "recipient": False,
+                "scene": True,
+                "record_rules": True,
+            },
+        ),
+        (  # a wrong scene: a get-well wish for a negotiation
+            "祝领导早日康复",
+            {"recipient": "领导", "scene": "谈判顺利", "style": "正常"},
+            {
+                "length_band": True,
+                "emoji_band": None,
+                "recipient": True,
+                "scene": False,
+                "record_rules": True,
+            },
+        ),
+        (
+            "",
+            {"recipient": None, "scene": None, "style": "正常"},
+            {
+                "length_band": False,
+                "emoji_band": None,
+                "recipient": None,
+                "scene": None,
+                "record_rules": False,
+            },
+        ),
+    ],
+)
+def test_score_answer(text, item, expected):
+    assert score_answer(text, item, CONFIG) == expected
+
+
+def test_distinct_n():
+    assert distinct_n(["abab"], 1) == 0.5
+    assert distinct_n(["abab", "cd"], 2) == 3 / 4  # ab, ba, ab, cd
+    assert distinct_n([], 2) == 0.0
+
+
+def rows(model, flags, style="正常"):
+    return [
+        {"model": model, "style": style, "output": f"答{i}", "scores": {"length_band": f}}
+        for i, f in enumerate(flags)
+    ]
+
+
+def test_bootstrap_verdicts_and_intervals():
+    base, tuned = rows("base", [False] * 20 + [True] * 10), rows("tuned", [True] * 27 + [False] * 3)
+    out = bootstrap("length_band", base, tuned, resamples=500, seed=1)
+    assert out["base"]["value"] == pytest.approx(1 / 3) and out["tuned"]["value"] == pytest.approx(0.9)
+    assert out["base"]["n"] == 30
+    lo, hi = out["base"]["ci"]
+    assert lo < 1 / 3 < hi and lo > 0 and hi < 0.6
+    assert out["diff"]["value"] == pytest.approx(0.9 - 1 / 3)
+    assert out["diff"]["ci"][0] > 0 and out["verdict"] == "better"
+    assert bootstrap("length_band", tuned, base, resamples=500, seed=1)["verdict"] == "worse"
+    same = bootstrap("length_band", base, rows("tuned", [False] * 19 + [True] * 11), resamples=500, seed=1)
+    assert same["verdict"] == "no clear difference"
+    assert same["diff"]["ci"][0] < 0 < same["diff"]["ci"][1]
+    empty = bootstrap("length_band", base, [], resamples=500, seed=1)
+    assert empty["verdict"] == "not scored" and empty["tuned"]["value"] is None
+
+
+def scored(model, style, outputs):
+    return [
+        {"model": model, "style": style, "output": o, "scores": score_answer(o, {"style": style}, CONFIG)}
+        for o in outputs
+    ]
+
+
+def test_summary_table_and_files(tmp_path):
+    good = ["把好运装进口袋，今天也要闪闪发光呀✨"] * 12
+    bad = ["<script>alert(1)</script>"] * 12
+    data = scored("base", "小红书", bad) + scored("tuned", "小红书", good)
+    groups = summarise(data, ["小红书", "正常"], resamples=300, seed=0)
+    assert set(groups) == {"小红书", "all"}  # no 正常 answers: no 正常 group
+    assert groups["小红书"]["emoji_band"]["verdict"] == "better"
+    assert groups["小红书"]["length_band"]["tuned"]["value"] == 1.0
+    varied = scored(
+        "tuned",
+        "正常",
+        [
+            f"祝你{c}年{d}顺利"
+            for c, d in zip("甲乙丙丁戊己庚辛壬癸子丑", "天地玄黄宇宙洪荒日月盈昃", strict=True)
+        ],
+    )
+    d1 = summarise(scored("base", "正常", good) + varied, ["正常"], resamples=300)["正常"]["distinct_1"][
+        "tuned"
+    ]
+    assert d1["ci"][0] <= d1["value"] <= d1["ci"][1]  # the bias-shifted interval holds its value
+    md = table_markdown(groups, "t")
+    assert "| 小红书 | emoji_band | 12/12 | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] |" in md
+    page = table_html(groups, "<t>")
+    assert "&lt;t&gt;" in page and "<t>" not in page
+    odd = summarise(scored("base", "<i>", good) + scored("tuned", "<i>", good), ["<i>"], resamples=100)
+    page = table_html(odd, "t")
+    assert "<td>&lt;i&gt;</td>" in page and "<i>" not in page
+    files = {k: tmp_path / f"{k}.out" for k in ("generations", "metrics", "table_md", "table_html")}
+    metrics = write_results(data, CONFIG, files, {"decoding": "sample"})
+    assert metrics["answers"] == {"base": 12, "tuned": 12}
+    assert json.loads(files["metrics"].read_text())["groups"]["all"]["emoji_band"]["verdict"] == "better"
+    assert len(files["generations"].read_text().splitlines()) == 24
+
+
+SCALARS = [
+    {"lr": 0.005, "loss": 5.0, "iter": 10, "step": 10},
+    {"lr": 0.005, "loss": 4.0, "iter": 20, "step": 20},
+    {"lr": 0.005, "loss": 3.0, "iter": 30, "step": 30},
+]
+
+
+def write_scalars(work_dir, stamp, rows):
+    d = work_dir / stamp / "vis_data"
+    d.mkdir(parents=True)
+    (d / "scalars.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_loss_curve_from_xtuner_scalars_a_resumed_start_wins(tmp_path):
+    write_scalars(tmp_path, "20260101_000000", SCALARS)
+    write_scalars(
+        tmp_path, "20260101_010000", [{"loss": 2.5, "iter": 30, "step": 30}, {"loss": 2.0, "step": 40}]
+    )
+    assert read_scalars(tmp_path) == [(10, 5.0), (20, 4.0), (30, 2.5), (40, 2.0)]
+    points = loss_figure(tmp_path, tmp_path / "loss.png")
+    assert len(points) == 4
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_curve_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no \\*/vis_data/scalars.json"):
+        read_scalars(tmp_path)
+    write_scalars(tmp_path, "x", [])
+    (tmp_path / "x/vis_data/scalars.json").write_text('{"loss": 1, "step": 1}\nnot json\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        read_scalars(tmp_path)

@@ -1,0 +1,326 @@
+"""`zhufu review`: judge the cleaned records by hand in a local web page; decisions feed back into `clean`.
+
+The page (127.0.0.1) lists every record of merged.json with the cleaner's verdict from clean_report.json:
+kept, repaired (before/after) or dropped (rule and detail). Filters: style, scene, recipient, rule,
+verdict. Keys: a accept, r reject, e edit, j/k next/previous. Each decision is written at once to the
+decisions file (default review/decisions.jsonl, outside results/, for the user to keep under version control),
+one JSON line per record id, the newest decision of an id replacing the older:
+
+    {"id": "…", "decision": "accept" | "reject" | "edit", "judged": "<the record's output when judged>",
+     "text": "<the edited output, for edit>"}
+
+`clean` reads the file (`apply_decision`): reject drops the record with rule `review`; edit replaces its
+output (rule `review`); accept keeps a record a rule would drop. A decision whose record's output is no
+longer the one judged is reported in clean_report.json's `review.stale`, and not applied.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from zhufu.errors import DataError
+from zhufu.io import read_json, write_text
+
+log = logging.getLogger(__name__)
+
+DECISIONS = ("accept", "reject", "edit")
+MAX_BODY_BYTES = 64 * 1024
+REVIEW_RULE = "review"
+
+
+# ------------------------------------------------------------------------------------- decisions file
+
+
+def load_decisions(path: str | Path | None) -> dict[str, dict]:
+    """id -> decision; a missing file is no decisions; a bad line is one DataError naming file and line."""
+    if not path or not Path(path).is_file():
+        return {}
+    decisions: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                raise DataError(f"{path}, line {n}: not a JSON object") from None
+            if not (
+                isinstance(d, dict)
+                and isinstance(d.get("id"), str)
+                and d.get("decision") in DECISIONS
+                and isinstance(d.get("judged"), str)
+                and (d["decision"] != "edit" or (isinstance(d.get("text"), str) and d["text"].strip()))
+            ):
+                raise DataError(
+                    f"{path}, line {n}: expected {{id, decision: accept|reject|edit, judged, text (for edit)}}"
+                )
+            decisions[d["id"]] = d
+    return decisions
+
+
+def record_text(record: dict) -> str:
+    return "\n".join(t["output"] for t in record["conversation"])
+
+
+def apply_decision(record: dict, decision: dict | None) -> tuple[str, str | None]:
+    """What clean does with a record's decision: ("none"|"stale"|"accept"|"reject"|"edit", edited text)."""
+    if decision is None:
+        return "none", None
+    if decision["judged"] != record_text(record) or (
+        decision["decision"] == "edit" and len(record["conversation"]) != 1
+    ):
+        return "stale", None
+    return decision["decision"], decision.get("text")
+
+
+def save_decision(path: str | Path, decision: dict) -> None:
+    """Add or replace the decision of one id, keeping the file's order (atomic rewrite)."""
+    rows = load_decisions(path)
+    rows[decision["id"]] = decision
+    write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in rows.values()))
+
+
+# ------------------------------------------------------------------------------------- the records
+
+
+def review_rows(merged: str | Path, report: str | Path, decisions: dict[str, dict]) -> list[dict]:
+    """Every merged record with the cleaner's verdict, its before/after text and the current decision."""
+    records = read_json(merged)
+    rep = read_json(report)
+    dropped = {d["id"]: d for d in rep.get("dropped", [])}
+    modified: dict[str, list[dict]] = {}
+    for m in rep.get("modified", []):
+        modified.setdefault(m["id"], []).append(m)
+    rows = []
+    for r in records:
+        before = record_text(r)
+        meta = r.get("meta", {})
+        row = {
+            "id": r["id"],
+            "input": r["conversation"][0]["input"],
+            "style": meta.get("style"),
+            "scene": meta.get("scene"),
+            "recipient": meta.get("recipient"),
+            "before": before,
+            "after": before,
+            "rules": [],
+            "detail": "",
+        }
+        d = dropped.get(r["id"])
+        if d and d["rule"] != REVIEW_RULE:
+            row.update(verdict="dropped", rules=[d["rule"]], detail=d["detail"])
+        else:
+            changes = [
+                m for m in modified.get(r["id"], []) if m["field"] == "output" and m["rule"] != REVIEW_RULE
+            ]
+            if changes:
+                row.update(
+                    verdict="repaired", rules=sorted({m["rule"] for m in changes}), after=changes[-1]["after"]
+                )
+            else:
+                row["verdict"] = "kept"
+        dec = decisions.get(r["id"])
+        row["decision"] = apply_decision(r, dec)[0] if dec else None
+        if dec and dec["decision"] == "edit":
+            row["edited"] = dec["text"]
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the page
+
+PAGE = """<!doctype html>
+<html lang="zh"><head><meta charset="utf-8"><title>Zhufu review</title>
+<style>
+ @font-face { font-family: "ZhufuCJK"; src: url("/font.ttf") format("truetype"); }
+ body { font-family: "ZhufuCJK", sans-serif; margin: 1rem; } .filters select { margin-right: .5rem; }
+ table { border-collapse: collapse; width: 100%; } td, th { border-bottom: 1px solid #ddd; padding: .3rem;
+ vertical-align: top; text-align: left; } tr.current { outline: 2px solid #2b8cbe; }
+ .dropped { color: #b00020; } .repaired { color: #9a6700; } .kept { color: #1a7f37; }
+ del { color: #888; } #progress { font-weight: bold; }
+</style></head><body>
+<h1>Zhufu review: __SOURCE__</h1>
+<p>Keys: <b>a</b> accept, <b>r</b> reject, <b>e</b> edit, <b>j</b>/<b>k</b> next/previous.
+Decisions: <code>__DECISIONS__</code>. <span id="progress"></span></p>
+<div class="filters">
+ <select id="f-style"></select><select id="f-scene"></select><select id="f-recipient"></select>
+ <select id="f-rule"></select><select id="f-verdict"></select>
+</div>
+<table><thead><tr><th>id</th><th>input</th><th>verdict</th><th>text</th><th>decision</th></tr></thead>
+<tbody id="rows"></tbody></table>
+<script>
+let rows = [], shown = [], current = 0;
+const keys = ["style", "scene", "recipient", "rule", "verdict"];
+function values(key) {
+  const all = rows.flatMap((r) => key === "rule" ? r.rules : [r[key]]).filter((v) => v);
+  return [...new Set(all)].sort();
+}
+function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
+function render() {
+  const f = Object.fromEntries(keys.map((k) => [k, document.getElementById("f-" + k).value]));
+  shown = rows.filter((r) => keys.every((k) => !f[k] || (k === "rule" ? r.rules.includes(f[k]) : r[k] === f[k])));
+  current = Math.min(current, Math.max(0, shown.length - 1));
+  const body = document.getElementById("rows"); body.textContent = "";
+  shown.forEach((r, i) => {
+    const tr = document.createElement("tr"); tr.dataset.id = r.id; if (i === current) tr.className = "current";
+    tr.appendChild(cell(r.id.slice(0, 8))); tr.appendChild(cell(r.input));
+    const v = cell(r.verdict + (r.rules.length ? " (" + r.rules.join(", ") + ")" : "") + (r.detail ? ": " + r.detail : ""));
+    v.className = r.verdict; tr.appendChild(v);
+    const t = document.createElement("td");
+    if (r.verdict === "repaired") { const d = document.createElement("del"); d.textContent = r.before;
+      t.appendChild(d); t.appendChild(document.createElement("br")); }
+    t.appendChild(document.createTextNode(r.edited || r.after)); tr.appendChild(t);
+    const dec = cell(r.decision || ""); dec.className = "decision"; tr.appendChild(dec);
+    tr.addEventListener("click", () => { current = i; render(); });
+    body.appendChild(tr);
+  });
+  const judged = rows.filter((r) => r.decision).length;
+  document.getElementById("progress").textContent = `${judged} / ${rows.length} judged, ${shown.length} shown`;
+}
+async function decide(decision) {
+  const r = shown[current]; if (!r) return;
+  let text = null;
+  if (decision === "edit") { text = prompt("编辑 / edit", r.edited || r.after); if (text === null || !text.trim()) return; }
+  const response = await fetch("/api/decision", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({id: r.id, decision: decision, text: text})});
+  const body = await response.json();
+  if (!response.ok) { alert(body.error); return; }
+  r.decision = decision; if (text !== null) r.edited = text;
+  current = Math.min(current + 1, shown.length - 1); render();
+}
+document.addEventListener("keydown", (e) => {
+  if (e.target.tagName === "SELECT" || e.ctrlKey || e.metaKey || e.altKey) return;
+  const action = {a: "accept", r: "reject", e: "edit"}[e.key];
+  if (action) { e.preventDefault(); decide(action); }
+  else if (e.key === "j") { current = Math.min(current + 1, shown.length - 1); render(); }
+  else if (e.key === "k") { current = Math.max(current - 1, 0); render(); }
+});
+fetch("/api/records").then((r) => r.json()).then((data) => {
+  rows = data.records;
+  for (const k of keys) {
+    const s = document.getElementById("f-" + k);
+    for (const v of ["", ...values(k)]) { const o = document.createElement("option"); o.value = v;
+      o.textContent = v || "all " + k; s.appendChild(o); }
+    s.addEventListener("change", () => { current = 0; render(); });
+  }
+  render(); document.body.dataset.ready = "1";
+});
+</script></body></html>
+"""
+
+
+def make_review_server(
+    merged: str | Path, report: str | Path, decisions_path: str | Path, host: str = "127.0.0.1", port: int = 0
+) -> ThreadingHTTPServer:
+    from zhufu.data.figures import FONT_PATH
+
+    records = {r["id"]: r for r in read_json(merged)}
+    lock = threading.Lock()
+    page = (
+        PAGE.replace("__SOURCE__", html.escape(str(merged)))
+        .replace("__DECISIONS__", html.escape(str(decisions_path)))
+        .encode("utf-8")
+    )
+    server = ThreadingHTTPServer((host, port), None)  # type: ignore[arg-type]
+    server.daemon_threads = True
+    hosts = {f"{n}:{server.server_address[1]}" for n in ("127.0.0.1", "localhost", "[::1]")}
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 10.0
+
+        def log_message(self, fmt, *args):
+            log.info("%s %s", self.address_string(), fmt % args)
+
+        def _send(self, status, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status, obj) -> None:
+            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json")
+
+        def do_GET(self):
+            if (self.headers.get("Host") or "") not in hosts:
+                self._json(HTTPStatus.MISDIRECTED_REQUEST, {"error": "unexpected Host header"})
+            elif self.path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            elif self.path == "/font.ttf":
+                self._send(HTTPStatus.OK, Path(FONT_PATH).read_bytes(), "font/ttf")
+            elif self.path == "/api/records":
+                rows = review_rows(merged, report, load_decisions(decisions_path))
+                self._json(HTTPStatus.OK, {"records": rows})
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
+
+        def do_POST(self):
+            self.close_connection = True
+            origin = self.headers.get("Origin")
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            try:
+                length = int(self.headers.get("Content-Length") or -1)
+            except ValueError:
+                length = -1
+            if (self.headers.get("Host") or "") not in hosts or (
+                origin is not None and origin not in {f"http://{h}" for h in hosts}
+            ):
+                self._json(HTTPStatus.FORBIDDEN, {"error": "only this page may post decisions"})
+            elif self.path != "/api/decision" or ctype != "application/json":
+                self._json(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "POST /api/decision, application/json"}
+                )
+            elif not 0 < length <= MAX_BODY_BYTES:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": "a body of 1 to 65536 bytes is required"})
+            else:
+                try:
+                    body = json.loads(self.rfile.read(length))
+                except (ValueError, TimeoutError):
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": "the body must be JSON"})
+                    return
+                record = records.get(body.get("id")) if isinstance(body, dict) else None
+                decision = body.get("decision") if isinstance(body, dict) else None
+                text = body.get("text") if isinstance(body, dict) else None
+                if record is None or decision not in DECISIONS:
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": "unknown id or decision"})
+                    return
+                if decision == "edit" and not (isinstance(text, str) and text.strip()):
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": "an edit needs the new text"})
+                    return
+                entry = {"id": record["id"], "decision": decision, "judged": record_text(record)}
+                if decision == "edit":
+                    entry["text"] = text.strip()
+                with lock:
+                    save_decision(decisions_path, entry)
+                self._json(HTTPStatus.OK, entry)
+
+    server.RequestHandlerClass = Handler
+    return server
+
+
+def add_review_arguments(parser) -> None:
+    parser.add_argument("--merged", default="results/data/merged.json", help="the merged records")
+    parser.add_argument("--report", default="results/data/clean_report.json", help="the cleaner's report")
+    parser.add_argument("--decisions", default="review/decisions.jsonl", help="where decisions are kept")
+    parser.add_argument("--port", type=int, default=7861, help="port on 127.0.0.1 (0 picks a free one)")
+
+
+def run_review(args) -> int:
+    for p in (args.merged, args.report):
+        if not Path(p).is_file():
+            raise DataError(f"{p}: not found (run `make run` or `snakemake results/data/clean_report.json`)")
+    server = make_review_server(args.merged, args.report, args.decisions, "127.0.0.1", args.port)
+    print(f"zhufu review: http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
