@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, copy_project, run_cmd
+from helpers import BIN, ROOT, copy_project, run_cmd
 
 from zhufu.config import PROVIDER_IDENTITY, PROVIDER_OPERATION
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the module fixture runs the workflow
 
 # The jobs of the default workflow after the raw shards: merge → clean → figures, base_model (the tiny one
 # is built from train.json), check_format, render_config → train → loss_figure, pth_to_hf → merge_model →
@@ -123,7 +123,9 @@ def test_an_added_evaluation_input_reruns_evaluate_only(copy):
     result = snakemake(copy)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (copy / "results/eval/generations.jsonl").read_text().splitlines()]
-    assert [r["model"] for r in rows if r["input"] == new] == ["base", "tuned"]
+    answers = sorted(r["model"] for r in rows if r["input"] == new)
+    first = sorted(r["model"] for r in rows if r["input"] == "祝姐姐生日快乐")
+    assert set(answers) == {"base", "tuned"} and answers == first  # as many samples as an old input
     assert (copy / "results/train/work_dir/last_checkpoint").stat().st_mtime_ns == checkpoint
 
 
