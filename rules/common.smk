@@ -5,7 +5,6 @@ from pathlib import Path
 # The workflow and its scripts import the installed package (tools/bootstrap.sh installs it into .venv).
 from zhufu.config import validate_config
 from zhufu.errors import ConfigError
-from zhufu.generate.providers import hide_api_key_from_jobs
 from zhufu.train.xtuner_config import training_settings
 
 # One line naming the bad key, and a non-zero exit before any job runs (snakemake's own
@@ -27,17 +26,103 @@ except ConfigError as e:
 # executor is known only once the run starts, before the first job is scheduled: here.
 onstart:
     if workflow.non_local_exec:
+        from zhufu.generate.providers import hide_api_key_from_jobs
+
         hide_api_key_from_jobs(config["provider"])
 
 
-def code(*families):
-    """The package's source files a rule's script imports, as inputs (Snakemake's code trigger can't see
-    them): the core (zhufu/*.py but the CLI) and every module of the named subpackages (zhufu/<family>/).
+import re
+from functools import cache
+
+PACKAGE = Path(workflow.basedir) / "zhufu"
+# The shared core (zhufu/*.py but the CLI): every stage imports it, so it is an input of no rule (see
+# core_notice).
+CORE = sorted(
+    p for p in PACKAGE.glob("*.py") if p.name not in ("cli.py", "__main__.py")
+)
+
+
+# `import zhufu.a.b` and `from zhufu.a import b, c` (or a parenthesised list), at the top or in a function. A
+# regex over the text, not ast: parsing every module's syntax tree at each start would slow `snakemake -n`.
+IMPORT_RE = re.compile(
+    r"^[ \t]*(?:import[ \t]+(zhufu[\w.]*)|from[ \t]+(zhufu[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*))",
+    re.M,
+)
+
+
+@cache
+def _imported_modules(path):
+    """The zhufu modules a Python file imports, as files of the package."""
+    found = set()
+    for m in IMPORT_RE.finditer(Path(path).read_text(encoding="utf-8")):
+        if m[1]:
+            names = [m[1]]
+        else:
+            names = [m[2]] + [
+                f"{m[2]}.{n}" for n in re.findall(r"\w+", m[3]) if n != "as"
+            ]
+        for name in names:
+            parts = name.split(".")
+            for i in range(
+                2, len(parts) + 1
+            ):  # zhufu.a.b runs zhufu/a/__init__.py, then zhufu/a/b.py
+                base = PACKAGE.joinpath(*parts[1:i])
+                for f in (base.with_suffix(".py"), base / "__init__.py"):
+                    if f.is_file():
+                        found.add(f)
+    return frozenset(found)
+
+
+@cache
+def _code(script):
+    todo, seen = [Path(workflow.basedir) / script], set()
+    while todo:
+        for f in _imported_modules(todo.pop()):
+            if (
+                f not in seen and f.parent != PACKAGE
+            ):  # the core stops the walk: it imports no stage
+                seen.add(f)
+                todo.append(f)
+    return sorted(os.path.relpath(f, workflow.basedir) for f in seen)
+
+
+def code(script):
+    """The stage modules a rule's script imports, directly or through each other, as the rule's inputs
+    (Snakemake's code trigger sees the script, not what it imports): editing a stage's own module reruns
+    that stage and what follows it, and nothing before it. The shared core is left out on purpose: an
+    edit to zhufu/io.py would otherwise rerun every rule, and on a GPU profile retrain for hours (the
+    policy, and how to force a rerun, is in README "Rerunning after edits")."""
+    return _code(script)
+
+
+def core_notice():
+    """One line on stderr when a core module is newer than an output built before it, with the commands
+    that rerun the stages it may affect (an edit to the core reruns nothing by itself).
     """
-    package = Path(workflow.basedir) / "zhufu"
-    core = [p for p in package.glob("*.py") if p.name not in ("cli.py", "__main__.py")]
-    modules = [p for family in families for p in (package / family).glob("*.py")]
-    return sorted(os.path.relpath(p, workflow.basedir) for p in core + modules)
+    outputs = [
+        Path(workflow.basedir, p)
+        for p in (
+            "results/data/merged.json",
+            "results/train/work_dir/last_checkpoint",
+            "results/eval/metrics.json",
+        )
+    ]
+    built = [p for p in outputs if p.exists()]
+    if not built:
+        return
+    newest = max(CORE, key=lambda p: p.stat().st_mtime)
+    stale = [p for p in built if p.stat().st_mtime < newest.stat().st_mtime]
+    if stale:
+        print(
+            f"zhufu: {os.path.relpath(newest, workflow.basedir)} (the shared core) changed after "
+            f"{os.path.relpath(stale[0], workflow.basedir)} was made; the core is no rule's input, so "
+            "nothing reruns for it. To apply it, force the first stage it affects: snakemake --forcerun "
+            "generate|merge|render_config|evaluate (each reruns that stage and everything after it)",
+            file=sys.stderr,
+        )
+
+
+core_notice()
 
 
 STYLES = list(config["styles"])

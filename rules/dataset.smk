@@ -17,7 +17,7 @@ IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 rule import_data:
     input:
         source=lambda wc: IMPORTS[wc.name]["path"],
-        code=code("data"),
+        code=code("scripts/import_data.py"),
         synonyms="resources/synonyms.yaml",
         schema="schemas/record.schema.yaml",
     output:
@@ -46,7 +46,7 @@ rule import_data:
 rule merge:
     input:
         shards=SHARDS + IMPORTED,
-        code=code("data"),
+        code=code("scripts/merge.py"),
         schema="schemas/record.schema.yaml",
     output:
         json="results/data/merged.json",
@@ -68,7 +68,7 @@ rule clean:
             if os.path.exists(config["review"]["decisions"])
             else []
         ),
-        code=code("data") + ["zhufu/model/review.py"],
+        code=code("scripts/clean.py"),
         schema="schemas/record.schema.yaml",
     output:
         train="results/data/train.json",
@@ -99,7 +99,7 @@ rule figures:
     input:
         report=rules.clean.output.report,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("data"),
+        code=code("scripts/figures.py"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
         suitability=report(

@@ -8,7 +8,7 @@ rule evaluate:
         base_model=rules.base_model.output.dir,
         merged=rules.merge_model.output.merged,
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("train", "model", "data"),
+        code=code("scripts/evaluate.py"),
         keywords="resources/evaluation.yaml",
     output:
         generations="results/eval/generations.jsonl",

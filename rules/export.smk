@@ -5,7 +5,7 @@ rule pth_to_hf:
     input:
         config=rules.render_config.output.config,
         last=rules.train.output.last,
-        code=code("train"),
+        code=code("scripts/pth_to_hf.py"),
     output:
         adapter=directory("results/model/adapter"),
     log:
@@ -24,7 +24,7 @@ rule merge_model:
     input:
         base_model=rules.base_model.output.dir,
         adapter=rules.pth_to_hf.output.adapter,
-        code=code("train"),
+        code=code("scripts/merge_model.py"),
     output:
         merged=directory("results/model/merged"),
     log:

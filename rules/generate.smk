@@ -7,7 +7,8 @@
 
 import re  # noqa: E402
 
-from zhufu.generate.run import SHARD_KEYS, shard_config  # noqa: E402
+# light imports: the stage's modules load only in its jobs
+from zhufu.config import SHARD_KEYS, shard_config  # noqa: E402
 
 
 wildcard_constraints:
@@ -18,7 +19,11 @@ wildcard_constraints:
 rule generate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
-        code=code("generate", "teacher"),
+        code=code("scripts/generate.py"),
+        # the offline teacher's phrase bank is its model: an edit reruns the shards (and is a new cache key)
+        phrases=lambda wc: (
+            "resources/phrases.yaml" if config["provider"]["kind"] == "offline" else []
+        ),
     output:
         shard="results/raw/{style}/round_{round}.json",
         # cells that failed for good (under provider.max_failed_share); empty when none
@@ -30,6 +35,8 @@ rule generate:
     conda:
         "../envs/generate.yaml"
     params:
+        # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
+        # those from the config at run time, so changing them reruns nothing)
         shard_config=lambda wc: shard_config(config, wc.style),
         cache=config["cache"],
     script:
@@ -50,7 +57,7 @@ rule estimate:
     input:
         suitability=lambda wc: config["grid"]["suitability"] or [],
         cache=lambda wc: [config["cache"]] if os.path.exists(config["cache"]) else [],
-        code=code("generate"),
+        code=code("scripts/estimate.py"),
     output:
         json="results/estimate.json",
     log:

@@ -5,6 +5,7 @@
 # work_dir/last_checkpoint, which names the final one and which XTuner writes last. The code is zhufu/train/.
 
 from zhufu.train.format_check import min_training_samples, training_format
+from zhufu.train.profiles import training_overrides
 
 # XTuner template and max_length of the configured training profile (zhufu/train/profiles.py).
 FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
@@ -15,7 +16,7 @@ rule base_model:
         train=lambda wc: (
             rules.clean.output.train if config["model"]["source"] == "tiny" else []
         ),
-        code=code("train"),
+        code=code("scripts/base_model.py"),
     output:
         dir=directory("results/base_model"),
     log:
@@ -33,7 +34,7 @@ rule render_config:
     input:
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
-        code=code("train"),
+        code=code("scripts/render_config.py"),
         template="zhufu/train/templates/xtuner_config.py.j2",
     output:
         config="results/train/xtuner_config.py",
@@ -43,9 +44,12 @@ rule render_config:
         "../envs/train.yaml"
     params:
         profile=config["train"]["profile"],
-        overrides=config["train"]["overrides"],
+        # the training settings only: a resource key (mem_mb, runtime_min, ...) goes to the train rule's
+        # resources:, never into the rendered config or the resume fingerprint
+        overrides=training_overrides(config),
         system=config["system_prompt"],
-        evaluation_inputs=config["evaluate"]["inputs"],
+        # the training-time evaluation hook's own short list (evaluate.inputs is the evaluate rule's)
+        evaluation_inputs=config["train"]["eval_inputs"],
     script:
         "../scripts/render_config.py"
 
@@ -56,7 +60,7 @@ rule check_format:
     input:
         train=rules.clean.output.train,
         tokenizer=rules.base_model.output.dir,
-        code=code("train"),
+        code=code("scripts/check_format.py"),
     output:
         json="results/data/format_check.json",
     log:
@@ -77,7 +81,7 @@ rule train:
         base_model=rules.base_model.output.dir,
         train=rules.clean.output.train,
         format_check=rules.check_format.output.json,  # refuses an empty or nearly empty set first
-        code=code("train"),
+        code=code("scripts/train.py"),
     output:
         last=maybe_protected(f"{WORK_DIR}/last_checkpoint"),
     log:
@@ -103,7 +107,7 @@ rule train:
 rule loss_figure:
     input:
         last=rules.train.output.last,
-        code=code("data"),
+        code=code("scripts/loss_figure.py"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
         png=report(

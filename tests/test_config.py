@@ -99,6 +99,21 @@ def test_schema_defaults_match_the_default_config():
     assert evaluate_inputs == config["evaluate"]["inputs"]
 
 
+def test_training_eval_inputs_default_to_tianjis_six():
+    """train.eval_inputs (the training-time hook's list) is Tianji's six, whatever evaluate.inputs says."""
+    from zhufu.tianji import TIANJI_EVALUATION_INPUTS
+
+    config = load_config()
+    config_with_more = {**config, "evaluate": {"inputs": ["祝爷爷中秋节快乐"]}}
+    del config_with_more["train"]
+    from zhufu.config import validate_config
+
+    validate_config(config_with_more)
+    assert config["train"]["eval_inputs"] == list(TIANJI_EVALUATION_INPUTS)
+    assert config_with_more["train"]["eval_inputs"] == list(TIANJI_EVALUATION_INPUTS)
+    assert len(TIANJI_EVALUATION_INPUTS) == 6
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate_over_the_default(name, base):
     """As `snakemake --configfile configs/NAME` uses them: merged over config.yaml."""
@@ -107,3 +122,18 @@ def test_shipped_configs_validate_over_the_default(name, base):
     config = copy.deepcopy(base)
     update_config(config, yaml.safe_load((ROOT / "configs" / name).read_text(encoding="utf-8")))
     assert validate_config(config, name)["grid"]["scenes"]
+
+
+def test_the_data_hash_sees_the_provider_identity_only():
+    """The card's config hash (a param of clean) ignores how the data is fetched, not what it is."""
+    import copy
+
+    from zhufu.data.card import data_config_hash
+
+    config = load_config()
+    fetched_otherwise = copy.deepcopy(config)
+    fetched_otherwise["provider"].update(rpm=600, concurrency=2, budget=5.0, timeout_s=30, api_key_env="K")
+    other_sampling = copy.deepcopy(config)
+    other_sampling["provider"]["temperature"] = 0.5
+    assert data_config_hash(fetched_otherwise) == data_config_hash(config)
+    assert data_config_hash(other_sampling) != data_config_hash(config)

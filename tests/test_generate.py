@@ -19,7 +19,7 @@ from helpers import ROOT
 from zhufu import grid
 from zhufu.errors import ProviderError
 from zhufu.generate.estimate import estimate_shards
-from zhufu.generate.run import generate_shards, shard_config
+from zhufu.generate.run import generate_shards, shard_config, with_operation
 from zhufu.grid import iter_cells
 
 
@@ -208,7 +208,18 @@ def test_estimate_and_dry_run_spend_nothing(tmp_path, capsys, caplog):
 def test_shard_config_holds_only_this_style():
     config = make_config()
     sub = shard_config(config, "严肃")
-    assert list(sub["styles"]) == ["严肃"] and sub["provider"] == config["provider"] and "rounds" not in sub
+    assert list(sub["styles"]) == ["严肃"] and "rounds" not in sub
+    # the provider's identity only: what Snakemake sees as params; the rest comes back at run time
+    assert sorted(sub["provider"]) == [
+        "base_url",
+        "kind",
+        "max_tokens",
+        "model",
+        "name",
+        "temperature",
+        "top_p",
+    ]
+    assert with_operation(sub, config)["provider"] == config["provider"]
 
 
 def test_kill_9_mid_run_then_rerun_pays_nothing_twice(tmp_path):

@@ -105,7 +105,8 @@ def test_parse_retry_after_forms():
 def test_identity_leaves_out_port_and_key():
     a = provider_identity({"kind": "offline", "model": "m", "base_url": "http://127.0.0.1:1234/v1"})
     b = provider_identity({"kind": "offline", "model": "m", "base_url": "http://127.0.0.1:9999/v1"})
-    assert a == b == {"kind": "offline", "model": "m"}
+    assert a == b
+    assert a.keys() == {"kind", "model", "bank"} and "1234" not in str(a)
     c = provider_identity({"kind": "openai", "model": "m", "base_url": "http://LocalHost:8000/v1"})
     assert c["host"] == "localhost" and "8000" not in str(c)
 
@@ -124,3 +125,20 @@ def test_offline_kind_uses_the_teacher_and_its_cache_survives_a_new_port(monkeyp
     with running_teacher() as url:
         generate_shards(config, shards, tmp_path / "cache.sqlite", base_url=url, progress=False)
         assert teacher_stats(url)["requests"] == 0
+
+
+def test_the_offline_identity_holds_the_phrase_bank_hash(tmp_path, monkeypatch):
+    """An edited phrase bank is a new cache key: its answers are composed anew, not read from the cache."""
+    import zhufu.teacher.bank as bank
+
+    copy = tmp_path / "phrases.yaml"
+    copy.write_bytes(bank.DEFAULT_PHRASES.read_bytes())
+    monkeypatch.setattr(bank, "DEFAULT_PHRASES", copy)
+    offline = {"kind": "offline", "model": "zhufu-offline-teacher"}
+    before = provider_identity(offline)
+    assert provider_identity(offline) == before
+    with open(copy, "a", encoding="utf-8") as fh:
+        fh.write("# edited\n")
+    after = provider_identity(offline)
+    assert after != before
+    assert {k: v for k, v in after.items() if k != "bank"} == {k: v for k, v in before.items() if k != "bank"}

@@ -199,3 +199,11 @@ def test_epoch_training_keeps_a_finite_sampler(tmp_path):
 
     sampler = DATA_SAMPLERS.build(cfg.train_dataloader.sampler, default_args={"dataset": list(range(8))})
     assert len(list(itertools.islice(sampler, 9))) == 8  # ends after one pass (islice: an endless one fails)
+
+
+def test_resource_keys_never_reach_the_rendered_config():
+    """mem_mb, runtime_min and protect_checkpoints are the train rule's: render_config's overrides drop them."""
+    from zhufu.train.profiles import training_overrides
+
+    overrides = {"lr": 0.001, "mem_mb": 9000, "runtime_min": 90, "protect_checkpoints": True}
+    assert training_overrides({"train": {"overrides": overrides}}) == {"lr": 0.001}

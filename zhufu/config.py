@@ -45,6 +45,61 @@ SHARD_KEYS = (
 # write a new hash into the dataset card.
 DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
 
+# Identity vs operation of the `provider` block. Identity is who answers and what is asked (kind, model,
+# endpoint, sampling, the name recorded in each record): it shapes the data, so it is in the generate rule's
+# params and in the data hash. Operation is how the answers are fetched (rates, concurrency, retries,
+# timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
+# reads it from the workflow's config at run time (zhufu.generate.run.with_operation), never from params.
+# Every key of the schema's provider block is in exactly one of the two (tests/test_reruns.py checks).
+PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens")
+PROVIDER_OPERATION = (
+    "api_key_env",
+    "timeout_s",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_attempts",
+    "backoff_s",
+    "backoff_max_s",
+    "retry_after_max_s",
+    "max_failed_share",
+    "price",
+    "budget",
+)
+
+
+def provider_identity_keys(provider: dict[str, Any]) -> dict[str, Any]:
+    """The identity part of a provider block (see PROVIDER_IDENTITY)."""
+    return {k: provider[k] for k in PROVIDER_IDENTITY if k in provider}
+
+
+def provider_operation(provider: dict[str, Any]) -> dict[str, Any]:
+    """The operation part of a provider block (see PROVIDER_OPERATION)."""
+    return {k: v for k, v in provider.items() if k not in PROVIDER_IDENTITY}
+
+
+def data_view(config: dict[str, Any], keys: tuple[str, ...] = DATA_KEYS) -> dict[str, Any]:
+    """`keys` of config, with the provider block narrowed to its identity: what params and hashes see."""
+    view = {k: config.get(k) for k in keys}
+    if isinstance(view.get("provider"), dict):
+        view["provider"] = provider_identity_keys(view["provider"])
+    return view
+
+
+def shard_config(config: dict[str, Any], style: str) -> dict[str, Any]:
+    """The part of `config` one shard's data depends on, with `styles` narrowed to that style and the
+    provider block to its identity (the generate rule's params: a rate limit or budget reruns nothing)."""
+    sub = {k: v for k, v in data_view(config, SHARD_KEYS).items() if k in config}
+    sub["styles"] = {style: config["styles"][style]}
+    return sub
+
+
+def with_operation(shard: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """`shard` (a shard_config) with the operation settings of `config`'s provider block put back: the
+    generate script takes them from the workflow's config at run time, outside params, so Snakemake does not
+    rerun a shard when only a rate limit, the concurrency, a timeout, the price or the budget changed."""
+    return {**shard, "provider": {**provider_operation(config["provider"]), **shard["provider"]}}
+
 
 def package_file(folder, *parts: str) -> Path:
     """A file of the package data as a path (a regular install or a checkout; zip imports are not supported)."""

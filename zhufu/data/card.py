@@ -8,7 +8,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from zhufu.config import DATA_KEYS, load_config
+from zhufu.config import data_view, load_config
 from zhufu.io import file_digest, read_json, write_text
 
 OFFLINE_NOTICE = "This data was composed by Zhufu's offline teacher, a phrase bank, not an LLM."
@@ -60,7 +60,7 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
         f"- configured provider: `{kind}`, model `{provenance.get('model')}`",
         f"- seed: `{provenance.get('seed')}`",
         f"- config hash: `{provenance.get('config_hash')}` (of the keys that shape the data: seed, grid, styles, "
-        "prompts, provider, clean)",
+        "prompts, provider identity, clean)",
         f"- sha256 of `{Path(train_path).name}`: `{file_digest(train_path).hexdigest()}`",
         "",
         "Sources in merged.json:",
@@ -126,7 +126,9 @@ def write_card(
 
 
 def data_config_hash(config: dict) -> str:
-    blob = json.dumps({k: config.get(k) for k in DATA_KEYS}, sort_keys=True, ensure_ascii=False)
+    """Hash of the config keys that shape the data, the provider block narrowed to its identity (changing a
+    rate limit or the budget changes neither the data nor this hash)."""
+    blob = json.dumps(data_view(config), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

@@ -110,11 +110,16 @@ def provider_identity(provider: dict, endpoint: str | None = None) -> dict:
     `endpoint` is the base URL that is really called when it is not the config's own (`--base-url`):
     its answers are then cached under its host, never under the config's provider. The offline teacher
     (kind offline, whichever of its instances answers) runs on a random port of 127.0.0.1, so its endpoint
-    is left out entirely; for remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM
-    or a test server serving that name.
+    is left out entirely, and the hash of its phrase bank (resources/phrases.yaml) stands in for a model's
+    weights; for remote kinds the host tells DeepSeek's `deepseek-chat` from a local vLLM or a test server
+    serving that name.
     """
     identity = {"kind": provider["kind"], "model": provider["model"]}
-    if provider["kind"] != "offline":
+    if provider["kind"] == "offline":
+        from zhufu.teacher.bank import bank_digest  # the teacher's package is needed only offline
+
+        identity["bank"] = bank_digest()  # an edited phrase bank answers anew
+    else:
         url = (
             endpoint
             or provider.get("base_url")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhufu import grid
-from zhufu.config import SHARD_KEYS, load_config
+from zhufu.config import load_config, shard_config, with_operation  # noqa: F401  (re-exported)
 from zhufu.errors import ProviderError
 from zhufu.generate.cache import AnswerCache, Payment
 from zhufu.generate.estimate import (
@@ -41,13 +41,6 @@ from zhufu.teacher import running_teacher
 log = logging.getLogger("zhufu.generate")
 
 FAILED_CELLS_SHOWN = 20
-
-
-def shard_config(config: dict, style: str) -> dict:
-    """The part of `config` one shard depends on, with `styles` narrowed to that style."""
-    sub = {k: config[k] for k in SHARD_KEYS if k in config}
-    sub["styles"] = {style: config["styles"][style]}
-    return sub
 
 
 def shard_path(out_dir: str | Path, style: str, round_: int) -> Path:

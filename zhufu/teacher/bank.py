@@ -9,8 +9,22 @@ import yaml
 
 from zhufu.config import RESOURCES, package_file
 from zhufu.errors import ConfigError, not_utf8
+from zhufu.io import file_digest
 
 DEFAULT_PHRASES = package_file(RESOURCES, "phrases.yaml")
+
+
+def bank_digest(path: str | Path | None = None) -> str:
+    """A short hash of the phrase bank's bytes (default: the shipped one): part of the offline teacher's
+    cache key, so an edited bank gives new answers instead of the cached ones of the old bank."""
+    p = Path(path or DEFAULT_PHRASES)
+    stat = p.stat()
+    return _digest(str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return file_digest(path).hexdigest()[:16]
 
 
 @lru_cache(maxsize=8)

@@ -144,6 +144,17 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# The settings of a profile that are the train rule's, not XTuner's: what a scheduler is asked for and whether
+# the checkpoints are protect()ed. They reach the rule's resources: and output flags only, so changing one
+# re-renders nothing and retrains nothing (Snakemake does not rerun a job for its resources).
+RULE_KEYS = ("protect_checkpoints", "mem_mb", "runtime_min")
+
+
+def training_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """config `train.overrides` without the rule's keys: what the rendered XTuner config depends on."""
+    return {k: v for k, v in (config["train"].get("overrides") or {}).items() if k not in RULE_KEYS}
+
+
 def resolve_profile(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The profile `name` with `overrides` applied; ConfigError names an unknown profile or key."""
     if name not in PROFILES:

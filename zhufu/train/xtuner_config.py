@@ -22,7 +22,7 @@ from zhufu.config import load_config
 from zhufu.errors import ConfigError
 from zhufu.io import write_text
 from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
-from zhufu.train.profiles import PROFILES, resolve_profile
+from zhufu.train.profiles import PROFILES, resolve_profile, training_overrides
 
 TEMPLATE = "xtuner_config.py.j2"
 
@@ -138,11 +138,11 @@ def run_render_config(args) -> int:
     out = write_config(
         args.output,
         profile=args.profile or config["train"]["profile"],
-        overrides=config["train"].get("overrides"),
+        overrides=training_overrides(config),
         model_path=args.model,
         data_path=args.data,
         system=config["system_prompt"],
-        evaluation_inputs=config["evaluate"]["inputs"],
+        evaluation_inputs=config["train"]["eval_inputs"],
     )
     print(out)
     return 0
