@@ -56,12 +56,16 @@ def test_an_empty_file_or_empty_archive_is_incomplete(tmp_path):
     assert latest_complete_checkpoint(tmp_path) is None
 
 
-def test_a_deepspeed_checkpoint_directory_is_complete_once_it_holds_a_pt_file(tmp_path):
+def test_a_deepspeed_checkpoint_directory_is_complete_once_rank_0_wrote_its_states(tmp_path):
+    """mmengine saves DeepSpeed checkpoints as work_dir/iter_N.pth/ holding each rank's states (tag = the
+    folder name, no `latest` file); one killed before writing them is skipped for the one before."""
     done = tmp_path / "iter_30.pth"
-    (done / "global_step30").mkdir(parents=True)
-    (done / "global_step30" / "mp_rank_00_model_states.pt").write_bytes(b"x")
-    (tmp_path / "iter_40.pth" / "global_step40").mkdir(parents=True)  # killed before any file
-    assert latest_complete_checkpoint(tmp_path) == done
+    done.mkdir()
+    complete(done / "mp_rank_00_model_states.pt")
+    complete(done / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (tmp_path / "iter_40.pth").mkdir()  # killed before any file
+    assert latest_complete_checkpoint(tmp_path, world_size=1) == done
+    assert latest_complete_checkpoint(tmp_path, world_size=2) is None  # rank 1's states are missing
 
 
 # ------------------------------------------------------------------------------------------ last_checkpoint
@@ -142,9 +146,9 @@ def test_the_fingerprint_changes_with_the_base_models_identity(run_files, name):
     assert run_fingerprint(config) != before
 
 
-def test_the_fingerprint_does_not_read_the_weights(run_files):
-    """A 7B model's weights are gigabytes: its identity files stand for them."""
+def test_the_fingerprint_changes_when_the_weights_change(run_files):
+    """A `path` model edited in place, or an unpinned ModelScope revision that moved, is another run."""
     config, _, model = run_files
     before = run_fingerprint(config)
     (model / "model.safetensors").write_bytes(b"other weights")
-    assert run_fingerprint(config) == before
+    assert run_fingerprint(config) != before

@@ -15,6 +15,7 @@ CLEANING_RULES = [
     "system_prompt", "input_rewrite", "suitability", "refusal", "meta_answer", "first_line", "trailing_remark",
     "wrapping_quotes", "leading_punctuation", "list_items", "chinese_ratio", "char_repetition", "honorific",
     "peer_address", "length", "emoji", "exact_dedup", "near_dedup",
+    "review",  # human review decisions (review/decisions.jsonl); none in the fixture
 ]  # fmt: skip
 SUITABILITY = """recipient,生日,春节,中秋节,谈判顺利,工作升职,康复
 姐姐,1,1,1,1,1,1
