@@ -119,7 +119,7 @@ def cpu_seconds() -> float:
 
 def measure_rules(n: int, workers: int | None) -> dict:
     from zhufu.config import load_config
-    from zhufu.data.rules import record_verdicts
+    from zhufu.data.verdicts import record_verdicts
 
     config = load_config()
     rows = synthetic_rows(n)

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from zhufu.config import load_config
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise, shingles
-from zhufu.data.rules import PATTERN_KEYS, RuleContext, apply_record_rules, repetition_ratio, required_chars
+from zhufu.data.prefilter import PATTERN_KEYS, required_chars
+from zhufu.data.rules import RuleContext, repetition_ratio
+from zhufu.data.verdicts import apply_record_rules
 from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 CONFIG = load_config()
@@ -500,7 +502,7 @@ def test_bulk_signatures_equal_datasketch_minhash(texts, num_perm, seed):
 def test_rules_across_processes_give_the_same_verdicts_as_one_process():
     import json
 
-    from zhufu.data.rules import record_verdicts
+    from zhufu.data.verdicts import record_verdicts
 
     records = json.loads((ROOT / "tests" / "fixtures" / "dirty.json").read_text())
     items = [(r["conversation"][0]["output"], r["meta"]) for r in records] * 50
@@ -568,7 +570,7 @@ def test_required_chars_of_alternatives_cover_every_branch():
 
 
 def test_a_rule_set_with_other_patterns_gets_its_own_patterns():
-    from zhufu.data.rules import record_verdicts
+    from zhufu.data.verdicts import record_verdicts
 
     rules = copy.deepcopy(RULES)
     rules["rule_sets"] = {"strict": {"refusal": {"patterns": ["天天"]}}}

@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from zhufu.errors import ConfigError, looks_like_key, not_utf8
+from zhufu.errors import ConfigError, looks_like_key
+from zhufu.io import read_text
 
 # The workflow's checkout, when the package runs from one: its config.yaml is the CLI's default config.
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,15 +251,9 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
+    text = read_text(p, error=ConfigError, what="config file")
     try:
-        with open(p, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: {not_utf8(e)}") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
+        config = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(config, dict):

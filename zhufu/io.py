@@ -53,21 +53,28 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_text(path: str | os.PathLike, *, error: type[Exception] = DataError, what: str = "file") -> str:
+    """A UTF-8 text file, or one line naming it: not found, not UTF-8 (where), or not readable."""
     p = Path(path)
     try:
-        with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
+        raise error(f"{p}: {what} not found") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{p}: {not_utf8(e)}") from None
+        raise error(f"{p}: {not_utf8(e)}") from None
+    except OSError as e:
+        raise error(f"{p}: cannot be read ({e.strerror or e})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    p = Path(path)
+    text = read_text(p)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except RecursionError:
         raise DataError(f"{p}: not usable JSON (nested too deeply)") from None
-    except OSError as e:
-        raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
 
 
 def fresh_dir(out: str | os.PathLike) -> tuple[Path, Path]:

@@ -13,7 +13,8 @@ from zhufu.config import load_config
 from zhufu.data.card import provenance_from_config, write_card
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import validate_records
-from zhufu.data.rules import ALL_RULES, record_verdicts, rewritten_input, rule_set_rules
+from zhufu.data.rules import ALL_RULES, rewritten_input, rule_set_rules
+from zhufu.data.verdicts import record_verdicts
 from zhufu.grid import load_suitability
 from zhufu.io import read_json, write_json
 from zhufu.model.review import REVIEW_RULE, apply_decision, load_decisions

@@ -11,8 +11,8 @@ import jsonschema
 import yaml
 
 from zhufu.config import SCHEMAS
-from zhufu.errors import DataError, not_utf8
-from zhufu.io import read_json
+from zhufu.errors import DataError
+from zhufu.io import read_json, read_text
 
 
 @cache
@@ -45,16 +45,7 @@ def read_rows(path: str | Path) -> Any:
     p = Path(path)
     if p.suffix == ".jsonl":
         rows = []
-        try:
-            with open(p, encoding="utf-8") as fh:
-                lines = list(fh)
-        except FileNotFoundError:
-            raise DataError(f"{p}: file not found") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{p}: {not_utf8(e)}") from None
-        except OSError as e:
-            raise DataError(f"{p}: cannot be read ({e.strerror or e})") from None
-        for lineno, line in enumerate(lines, start=1):
+        for lineno, line in enumerate(read_text(p).splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

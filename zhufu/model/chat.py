@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,37 @@ def build_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return text + "<|im_start|>assistant\n"
 
 
+def _generate_kwargs(
+    chat: ChatModel,
+    text: str,
+    *,
+    system: str,
+    history: list[dict[str, str]] | None,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The arguments of model.generate for one answer: greedy at temperature 0, else seeded sampling."""
+    import torch  # heavy: only the commands that generate load it
+
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += list(history or []) + [{"role": "user", "content": text}]
+    prompt = build_prompt(chat.tokenizer, messages)
+    ids = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(chat.device)
+    if temperature > 0:
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.9}
+    else:
+        sampling = {"do_sample": False}
+    return dict(
+        **ids,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=chat.stop_ids,
+        pad_token_id=chat.tokenizer.pad_token_id or chat.stop_ids[0],
+        **sampling,
+    )
+
+
 def reply(
     chat: ChatModel,
     text: str,
@@ -86,26 +118,18 @@ def reply(
     """One answer; greedy when temperature is 0 (the default), so the same question gets the same answer."""
     import torch
 
-    messages = [{"role": "system", "content": system}] if system else []
-    messages += list(history or []) + [{"role": "user", "content": text}]
-    prompt = build_prompt(chat.tokenizer, messages)
-    ids = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(chat.device)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": 0.9}
-        if temperature > 0
-        else {"do_sample": False}
+    kwargs = _generate_kwargs(
+        chat,
+        text,
+        system=system,
+        history=history,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
     )
-    if temperature > 0:
-        torch.manual_seed(seed)
     with torch.no_grad():
-        out = chat.model.generate(
-            **ids,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=chat.stop_ids,
-            pad_token_id=chat.tokenizer.pad_token_id or chat.stop_ids[0],
-            **sampling,
-        )
-    answer = chat.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        out = chat.model.generate(**kwargs)
+    answer = chat.tokenizer.decode(out[0, kwargs["input_ids"].shape[1] :], skip_special_tokens=True)
     return answer.strip()
 
 
@@ -119,32 +143,20 @@ def reply_stream(
     seed: int = 0,
 ):
     """The answer of `reply`, yielded in pieces as it is generated (transformers' TextIteratorStreamer)."""
-    import threading
-
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import TextIteratorStreamer  # heavy: as torch
 
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": text}
-    ]
-    prompt = build_prompt(chat.tokenizer, messages)
-    ids = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(chat.device)
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": 0.9}
-        if temperature > 0
-        else {"do_sample": False}
-    )
-    if temperature > 0:
-        torch.manual_seed(seed)
-    kwargs = dict(
-        **ids,
+    kwargs = _generate_kwargs(
+        chat,
+        text,
+        system=system,
+        history=None,
         max_new_tokens=max_new_tokens,
-        eos_token_id=chat.stop_ids,
-        pad_token_id=chat.tokenizer.pad_token_id or chat.stop_ids[0],
-        streamer=streamer,
-        **sampling,
+        temperature=temperature,
+        seed=seed,
     )
+    kwargs["streamer"] = streamer
 
     def run():
         with torch.no_grad():

@@ -33,9 +33,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from zhufu.config import RESOURCES, package_file
+from zhufu.config import RESOURCES, load_config, package_file
+from zhufu.data.importing import parse_input
+from zhufu.data.rules import RuleContext, rule_honorific
+from zhufu.data.verdicts import apply_record_rules
 from zhufu.errors import ConfigError
+from zhufu.grid import Cell, cell_rng, held_out, load_suitability, training_input
 from zhufu.io import read_json, write_json, write_jsonl, write_text
+from zhufu.model.chat import load_chat_model, reply
+from zhufu.text import count_chars, count_emoji
 from zhufu.tianji import TIANJI_SYSTEM
 
 log = logging.getLogger(__name__)
@@ -80,8 +86,6 @@ def keywords(path: str | os.PathLike = EVALUATION_RESOURCE) -> dict:
 
 def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
     """Held-out pairs × styles, then Tianji's inputs: {input, recipient, scene, style, source}."""
-    from zhufu.data.importing import parse_input
-    from zhufu.grid import Cell, cell_rng, held_out, training_input
 
     items = []
     pairs = held_out(config, matrix)
@@ -113,8 +117,6 @@ def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
 
 def score_answer(text: str, item: dict, config: dict, words: dict | None = None) -> dict[str, bool | None]:
     """The per-answer metrics of one answer (None: not applicable to this input)."""
-    from zhufu.data.rules import RuleContext, apply_record_rules, rule_honorific
-    from zhufu.text import count_chars, count_emoji
 
     words = words or keywords()
     style = config["styles"].get(item.get("style") or "")
@@ -285,7 +287,6 @@ def table_html(groups: dict, title: str) -> str:
 
 def generate_answers(path, items: list[dict], config: dict, name: str, adapter=None) -> list[dict]:
     """Every input answered by one model: `samples` sampled answers each (or one greedy answer)."""
-    from zhufu.model.chat import load_chat_model, reply
 
     ev = config["evaluate"]
     greedy = ev["decoding"] == "greedy"
@@ -339,7 +340,6 @@ def evaluate(
     suitability: str | os.PathLike | None = None,
 ) -> dict:
     """Answer, score, summarise. `outputs` names generations, metrics, table_md and table_html."""
-    from zhufu.grid import load_suitability
 
     matrix = load_suitability(suitability) if suitability else None
     items = evaluation_inputs(config, matrix)
@@ -381,8 +381,6 @@ def output_files(outdir: str | os.PathLike) -> dict:
 
 def run_evaluate(args) -> int:
     import json
-
-    from zhufu.config import load_config
 
     config = load_config(args.config)
     if args.greedy:

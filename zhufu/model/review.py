@@ -24,8 +24,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from zhufu.data.figures import FONT_PATH
 from zhufu.errors import DataError
 from zhufu.io import read_json, write_text
+from zhufu.model.serve import serve_until_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,6 @@ fetch("/api/records").then((r) => r.json()).then((data) => {
 def make_review_server(
     merged: str | Path, report: str | Path, decisions_path: str | Path, host: str = "127.0.0.1", port: int = 0
 ) -> ThreadingHTTPServer:
-    from zhufu.data.figures import FONT_PATH
 
     records = {r["id"]: r for r in read_json(merged)}
     lock = threading.Lock()
@@ -316,11 +317,4 @@ def run_review(args) -> int:
         if not Path(p).is_file():
             raise DataError(f"{p}: not found (run `make run` or `snakemake results/data/clean_report.json`)")
     server = make_review_server(args.merged, args.report, args.decisions, "127.0.0.1", args.port)
-    print(f"zhufu review: http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve_until_interrupted(server, f"zhufu review: http://127.0.0.1:{server.server_address[1]}/")

@@ -23,7 +23,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from zhufu.config import load_config
 from zhufu.data.figures import FONT_PATH
+from zhufu.model.chat import load_chat_model, reply, reply_stream
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,6 @@ def make_server(
     **reply_kwargs,
 ) -> ThreadingHTTPServer:
     """An HTTP server answering GET / (the page), GET /font.ttf, POST /api/chat and POST /api/stream."""
-    from zhufu.model.chat import reply, reply_stream
 
     lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
     waiting = threading.BoundedSemaphore(MAX_WAITING)
@@ -378,8 +379,6 @@ def add_serve_arguments(parser) -> None:
 
 
 def run_serve(args) -> int:
-    from zhufu.config import load_config
-    from zhufu.model.chat import load_chat_model
 
     config = load_config(args.config)
     chat = load_chat_model(args.model, adapter=args.adapter)
@@ -395,7 +394,12 @@ def run_serve(args) -> int:
         temperature=args.temperature,
     )
     host, port = server.server_address[:2]
-    print(f"zhufu serve: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    return serve_until_interrupted(server, f"zhufu serve: http://{host}:{port}/")
+
+
+def serve_until_interrupted(server: ThreadingHTTPServer, banner: str) -> int:
+    """Print where the page is, serve until Ctrl-C, close the socket; the exit code of a clean stop."""
+    print(f"{banner} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
