@@ -2,11 +2,10 @@
 and the plan it triggers (clean reruns, generation does not)."""
 
 import json
-import shutil
 import threading
 
 import pytest
-from helpers import BIN, ROOT, copy_project, run_cmd
+from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, ROOT, copy_project, run_cmd
 
 from zhufu.config import load_config
 from zhufu.data.clean import clean_records
@@ -16,17 +15,6 @@ from zhufu.model.review import load_decisions, make_review_server, record_text
 CONFIG = load_config()
 RECORDS = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
 BY_ID = {r["id"]: r for r in RECORDS}
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def run_clean(decisions):

@@ -3,7 +3,6 @@ its API under misuse (cross-origin, rebinding, wrong type, short or huge bodies)
 
 import http.client
 import json
-import shutil
 import socket
 import threading
 import time
@@ -12,7 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import ROOT, greedy_answer
+from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, greedy_answer
 
 from zhufu.config import load_config
 from zhufu.data.figures import FONT_PATH
@@ -21,18 +20,6 @@ from zhufu.model.serve import MAX_BODY_BYTES, make_server, page_html
 from zhufu.train.base_model import build_tiny_model
 
 CONFIG = load_config()
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")

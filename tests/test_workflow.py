@@ -5,7 +5,7 @@ import re
 import shutil
 
 import pytest
-from helpers import BIN, copy_project, run_cmd
+from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, copy_project, run_cmd
 
 # the first test also runs the whole workflow (the module fixture): up to snakemake's own 30 min limit
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -113,7 +113,7 @@ def test_evaluation_compares_base_and_tuned(run):
     assert "| all | length_band |" in (run / "results/eval/table.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_report_opens_in_chromium_with_every_section(run, tmp_path):
     """`snakemake --report`: one HTML file; opened in Chromium it lists the card, the figures, the loss curve and
     the evaluation table. The screenshot is kept as results/report.png (and in the test's tmp folder)."""
@@ -123,10 +123,8 @@ def test_report_opens_in_chromium_with_every_section(run, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     report = run / "results/report.html"
     assert report.stat().st_size > 10_000
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(report.as_uri())
         page.wait_for_load_state("networkidle")
