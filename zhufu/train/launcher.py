@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import logging
 import os
 import runpy
 import signal
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 from zhufu.errors import ModelError
@@ -51,34 +49,7 @@ def apply_cpu_workarounds() -> None:
         torch.cpu.is_bf16_supported = lambda *args, **kwargs: False
 
 
-def hide_triton_ops() -> None:
-    """bitsandbytes 0.45.0 imports `triton.ops`, which triton 3.x removed; give it an inert stand-in.
-
-    Only the int8 triton kernels use it, and neither LoRA nor QLoRA (nf4) calls them.
-    """
-    if importlib.util.find_spec("triton") is None:
-        return
-    try:
-        if importlib.util.find_spec("triton.ops") is not None:
-            return
-    except ModuleNotFoundError:
-        pass
-
-    def unavailable(*args, **kwargs):
-        raise RuntimeError(
-            "triton.ops is not available in this triton; bitsandbytes' int8 triton kernels can't run"
-        )
-
-    ops = types.ModuleType("triton.ops")
-    perf = types.ModuleType("triton.ops.matmul_perf_model")
-    perf.early_config_prune = perf.estimate_matmul_time = unavailable
-    ops.matmul_perf_model = perf
-    sys.modules["triton.ops"] = ops
-    sys.modules["triton.ops.matmul_perf_model"] = perf
-
-
 def _run_module(module: str, argv: list[str]) -> None:
-    hide_triton_ops()
     if os.environ.get("ZHUFU_DEVICE", "cpu") == "cpu":
         apply_cpu_workarounds()
     sys.argv = [module, *argv]
