@@ -297,13 +297,20 @@ def test_the_api_key_reaches_no_slurm_job_and_generation_stays_on_the_host(slurm
     with FaultServer(api_key=secret) as server:
         overlay = {
             "rounds": 1,
-            "grid": {"recipients": ["姐姐", "领导"], "scenes": ["生日", "春节"], "suitability": None},
+            "grid": {
+                "recipients": ["姐姐", "领导"],
+                "scenes": ["生日", "春节"],
+                "suitability": None,
+                "holdout": {"fraction": 0},
+            },
             "provider": {
                 "kind": "openai",
                 "model": "fault-model",
                 "base_url": server.url,
                 "api_key_env": "ZHUFU_TEST_SECRET_KEY",
             },
+            # 12 records: check_format's floor (16 by default) is set below them, the batch of 4 still holds
+            "train": {"overrides": {"min_samples": 4}},
         }
         (project / "run.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
         os.environ["ZHUFU_TEST_SECRET_KEY"] = secret

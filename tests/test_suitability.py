@@ -92,15 +92,21 @@ def test_full_grid_config_is_tianjis_full_grid(matrix):
     assert config["grid"]["recipients"] == TIANJI_RECIPIENTS
     assert config["grid"]["scenes"] == TIANJI_SCENES
     assert set(config["styles"]) == {"小红书", "正常", "严肃"} and config["rounds"] == 2
-    assert len(cells(config, "小红书", 0, matrix)) == 413
-    assert len(cells(config, "小红书", 0, None)) == 504
+    held_out = round(0.2 * 413)  # config.yaml's grid.holdout keeps 20% of the suitable pairs for evaluation
+    assert len(cells(config, "小红书", 0, matrix)) == 413 - held_out == 330
+    no_holdout = {**config, "grid": {**config["grid"], "holdout": {"fraction": 0, "seed": 0}}}
+    assert len(cells(no_holdout, "小红书", 0, matrix)) == 413
+    assert len(cells(no_holdout, "小红书", 0, None)) == 504
 
 
 def test_default_grid_skips_the_unsuitable_pairs(matrix):
     config = merged()
-    kept = cells(config, "正常", 0, matrix)
+    kept = cells(
+        {**config, "grid": {**config["grid"], "holdout": {"fraction": 0, "seed": 0}}}, "正常", 0, matrix
+    )
     assert len(kept) == 43
     assert ("爷爷", "工作升职") not in {(c.recipient, c.scene) for c in kept}
+    assert len(cells(config, "正常", 0, matrix)) == 34  # less the 9 pairs held out for the evaluation
 
 
 def test_v2_styles_config_has_nine_complete_styles():

@@ -393,7 +393,9 @@ def test_chat_one_shot_on_merged_and_on_base_plus_adapter(chain):
 @pytest.mark.slow
 @CHAIN_TIMEOUT
 def test_evaluate_compares_base_and_tuned(chain):
-    gens, metrics = chain["root"] / "eval" / "generations.jsonl", chain["root"] / "eval" / "metrics.json"
+    """`zhufu evaluate` on the chain's models: one greedy answer per evaluation input and model, scored and
+    summarised into the four result files."""
+    outdir = chain["root"] / "eval"
     result = run_cmd(
         [
             ZHUFU,
@@ -402,23 +404,30 @@ def test_evaluate_compares_base_and_tuned(chain):
             str(chain["base"]),
             "--tuned",
             str(chain["merged"]),
-            "--generations",
-            str(gens),
-            "--metrics",
-            str(metrics),
+            "-o",
+            str(outdir),
+            "--greedy",
         ],
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line) for line in gens.read_text(encoding="utf-8").splitlines()]
-    inputs = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))["evaluate"]["inputs"]
-    assert [r["input"] for r in rows] == inputs * 2
-    assert {r["model"] for r in rows} == {"base", "tuned"}
-    m = json.loads(metrics.read_text(encoding="utf-8"))
-    for name in ("base", "tuned"):
-        assert {"mean_chars", "xhs_emoji_rate", "distinct_1", "distinct_2"} <= set(m[name])
-    assert m["tuned"]["xhs_answers"] == sum("小红书" in i for i in inputs)
-    assert m["tuned_differs_from_base"] >= 1
+    rows = [
+        json.loads(line) for line in (outdir / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    tianji = [r["input"] for r in rows if r["model"] == "base" and r["source"] == "tianji"]
+    assert tianji == config["evaluate"]["inputs"]  # Tianji's six, in order, beside the held-out pairs
+    base = [(r["input"], r["sample"]) for r in rows if r["model"] == "base"]
+    assert base == [(r["input"], r["sample"]) for r in rows if r["model"] == "tuned"]  # the same inputs
+    assert {r["sample"] for r in rows} == {0}  # greedy: one answer each
+    assert (
+        sum(r["output"] != s["output"] for r, s in zip(rows[: len(base)], rows[len(base) :], strict=True))
+        >= 1
+    )
+    metrics = json.loads((outdir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["answers"] == {"base": len(base), "tuned": len(base)}
+    assert "length_band" in (outdir / "table.md").read_text(encoding="utf-8")
+    assert (outdir / "table.html").read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
 
 
 @pytest.mark.slow
