@@ -317,6 +317,34 @@ def test_english_set_phrases_pass_and_english_or_garbled_answers_drop(text, styl
     assert (run(text, style=style, rules=only("chinese_ratio")).dropped is None) == kept
 
 
+# ---- broken text
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("姐姐生日快乐呀🎂", True),
+        ("姐姐生日快乐，\n天天开心！", True),  # a newline is text
+        ("姐姐生日快\ufffd乐呀", False),  # cut inside a multi-byte character, decoded with errors="replace"
+        ("\ufffd\ufffd生日快乐", False),
+        ("生日快乐\x00", False),
+        ("生日\x1b[0m快乐", False),  # a terminal escape
+        ("生日快乐\x85", False),  # a C1 control character (latin-1 mojibake leaves them)
+    ],
+)
+def test_broken_text_drops_replacement_and_control_characters(text, kept):
+    v = run(text, rules=only("broken_text"))
+    assert (v.dropped is None) == kept
+    if not kept:
+        assert v.dropped[0] == "broken_text"
+        assert "broken character" in v.dropped[1]
+
+
+def test_broken_text_decoded_from_cut_utf8_is_dropped_by_the_default_rules():
+    cut = "祝姐姐生日快乐".encode()[:-1].decode("utf-8", errors="replace")  # what a tokenizer cut leaves
+    assert run(cut).dropped[0] == "broken_text"
+
+
 # ---- character repetition
 
 

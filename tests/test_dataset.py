@@ -13,7 +13,8 @@ from helpers import ROOT, copy_project, run_cmd
 FIXTURES = ROOT / "tests" / "fixtures"
 CLEANING_RULES = [
     "system_prompt", "input_rewrite", "suitability", "refusal", "meta_answer", "first_line", "trailing_remark",
-    "wrapping_quotes", "leading_punctuation", "list_items", "chinese_ratio", "char_repetition", "honorific",
+    "wrapping_quotes", "leading_punctuation", "list_items", "broken_text", "chinese_ratio", "char_repetition",
+    "honorific",
     "peer_address", "length", "emoji", "exact_dedup", "near_dedup",
     "review",  # human review decisions (review/decisions.jsonl); none in the fixture
 ]  # fmt: skip

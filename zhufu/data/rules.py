@@ -180,6 +180,19 @@ def rule_chinese_ratio(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> st
     return text
 
 
+# U+FFFD (what a decoder puts where bytes were not valid UTF-8) and control characters other than newline and
+# tab: text that was cut inside a multi-byte character, decoded with the wrong codec, or is not text at all.
+_BROKEN = re.compile(r"[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def rule_broken_text(text: str, meta: dict, cfg: dict, ctx: RuleContext) -> str | Drop:
+    found = _BROKEN.findall(text)
+    if found:
+        first = found[0]
+        return Drop(f"{len(found)} broken character(s) (U+{ord(first):04X}): not valid text")
+    return text
+
+
 def repetition_ratio(text: str, n: int) -> float:
     """Share of character n-gram occurrences that belong to an n-gram seen more than once.
 
@@ -289,6 +302,7 @@ RECORD_RULES: dict[str, Rule] = {
     "wrapping_quotes": rule_wrapping_quotes,
     "leading_punctuation": rule_leading_punctuation,
     "list_items": rule_list_items,
+    "broken_text": rule_broken_text,
     "chinese_ratio": rule_chinese_ratio,
     "char_repetition": rule_char_repetition,
     "honorific": rule_honorific,

@@ -9,11 +9,12 @@ Metrics, per style and model, with the cleaner's own functions (zhufu.cleaning),
 mean what they mean in cleaning:
 - `length_band`: share of answers whose length (count_chars) is inside the style's band;
 - `emoji_band`: share inside the style's emoji band (count_emoji; styles without a band are not scored);
-- `recipient`: the recipient is named or titled (resources/evaluation.yaml) and addressed with the pronoun
-  the honorific rule wants (您 for elders, 你 for peers: rule_honorific leaves the answer unchanged);
-- `scene`: the answer names or alludes to its scene (a keyword of resources/evaluation.yaml);
-- `record_rules`: the record rules (refusal, meta text, quotes, stray punctuation, lists, Chinese ratio,
-  repetition) would keep the answer unchanged;
+- `recipient`: the recipient is named or titled (resources/evaluation.yaml), nobody else is, and the answer
+  uses the pronoun the honorific rule wants (您 for elders, 你 for peers: rule_honorific leaves it unchanged);
+- `scene`: the answer names or alludes to its scene (a keyword of resources/evaluation.yaml) and to no
+  other scene;
+- `record_rules`: the record rules (refusal, meta text, quotes, stray punctuation, lists, broken text,
+  Chinese ratio, repetition) would keep the answer unchanged;
 - `distinct_1`, `distinct_2`: unique character uni/bigrams over all answers of the group.
 
 Uncertainty: a percentile bootstrap (answers resampled, `evaluate.bootstrap` times, seeded) gives a 95%
@@ -57,6 +58,7 @@ FORM_RULES = (
     "wrapping_quotes",
     "leading_punctuation",
     "list_items",
+    "broken_text",
     "chinese_ratio",
     "char_repetition",
 )
@@ -115,6 +117,23 @@ def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ scores
 
 
+def _words(listed: dict, grid: list[str]) -> dict[str, list[str]]:
+    """name -> its words (the name first), for every name of the resource and of the grid."""
+    return {name: [name, *(listed.get(name) or [])] for name in [*listed, *grid]}
+
+
+def _names_only(text: str, name: str, words: dict[str, list[str]]) -> bool:
+    """`text` holds one of `name`'s words, and, once those are taken out, none of another name's words
+    (so 老师 inside 赵老师, or 团圆 inside a 中秋节 wish, does not count as naming someone else)."""
+    own = sorted(words.get(name, [name]), key=len, reverse=True)
+    if not any(w in text for w in own):
+        return False
+    rest = text
+    for w in own:
+        rest = rest.replace(w, "\x00")
+    return not any(w in rest for other, ws in words.items() if other != name for w in ws)
+
+
 def score_answer(text: str, item: dict, config: dict, words: dict | None = None) -> dict[str, bool | None]:
     """The per-answer metrics of one answer (None: not applicable to this input)."""
 
@@ -129,13 +148,12 @@ def score_answer(text: str, item: dict, config: dict, words: dict | None = None)
         if band:
             scores["emoji_band"] = band.get("min", 0) <= count_emoji(text) <= band.get("max", 10**6)
     if recipient:
-        titles = [recipient, *words.get("recipients", {}).get(recipient, [])]
-        named = any(t in text for t in titles)
+        titles = _words(words.get("recipients", {}), config["grid"]["recipients"])
         ctx = RuleContext(config["styles"])
         pronoun_ok = rule_honorific(text, {"recipient": recipient}, config["clean"]["honorific"], ctx) == text
-        scores["recipient"] = named and pronoun_ok
+        scores["recipient"] = _names_only(text, recipient, titles) and pronoun_ok
     if scene:
-        scores["scene"] = any(k in text for k in [scene, *words["scenes"].get(scene, [])])
+        scores["scene"] = _names_only(text, scene, _words(words["scenes"], config["grid"]["scenes"]))
     rules = {
         name: ({**cfg, "enabled": name in FORM_RULES} if isinstance(cfg, dict) else cfg)
         for name, cfg in config["clean"].items()

@@ -1,0 +1,136 @@
+"""What it takes for the tiny default to name the right recipient and scene: data, model size, steps.
+
+Each variant is the embedded default run with a config overlay (rounds, the tiny model's size, training
+iterations, LoRA rank), run to `results/eval/metrics.json` in its own copy of the project, one after another
+on this machine. It prints, per variant, the tuned model's held-out metrics (all styles; Tianji's six inputs
+included, as in the evaluation table) and what the variant costs: the wall time of the whole run and of the
+train and evaluate rules, and the ratio of the run's wall time to the first variant's.
+
+    .venv/bin/python bench/recipient_scene.py                      # every variant
+    .venv/bin/python bench/recipient_scene.py --only base data6    # some of them
+    .venv/bin/python bench/recipient_scene.py --keep /tmp/rs       # keep the copies (results/, logs)
+
+A variant's numbers come from one seeded run: the intervals in its metrics.json say how far to trust them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+SMALL = {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}
+WIDE = {"num_layers": 4, "hidden_size": 128, "num_heads": 4, "num_kv_heads": 2}
+
+# name -> config overlay. `base` is config.yaml as it is.
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "data6": {"rounds": 6},
+    "data6-iters1500": {"rounds": 6, "train": {"overrides": {"max_iters": 1500}}},
+    "wide": {"model": {"tiny": WIDE}},
+    "wide-data6-iters1500": {
+        "rounds": 6,
+        "model": {"tiny": WIDE},
+        "train": {"overrides": {"max_iters": 1500}},
+    },
+    "data6-iters1500-r64": {
+        "rounds": 6,
+        "train": {"overrides": {"max_iters": 1500, "lora": {"r": 64, "alpha": 128}}},
+    },
+}
+METRICS = ("recipient", "scene", "length_band", "emoji_band", "record_rules", "distinct_2")
+
+
+def project_copy(dest: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def rule_seconds(project: Path, rule: str) -> float | None:
+    path = project / "benchmarks" / f"{rule}.tsv"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return float(rows[-1]["s"]) if rows else None
+
+
+def run_variant(name: str, overlay: dict, workdir: Path) -> dict:
+    project = project_copy(workdir / name)
+    (project / "bench-overlay.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
+    cmd = [SNAKEMAKE, "--cores", "2", "--configfile", "bench-overlay.yaml", "results/eval/metrics.json"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{name}: snakemake exited {proc.returncode}")
+    metrics = json.loads((project / "results/eval/metrics.json").read_text(encoding="utf-8"))
+    records = len(json.loads((project / "results/data/train.json").read_text(encoding="utf-8")))
+    groups = metrics["groups"]["all"]
+    return {
+        "name": name,
+        "records": records,
+        "wall": wall,
+        "train": rule_seconds(project, "train"),
+        "evaluate": rule_seconds(project, "evaluate"),
+        "metrics": {m: groups[m] for m in METRICS if m in groups},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    names = args.only or list(VARIANTS)
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-rs-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
+    results = []
+    try:
+        for name in names:
+            r = run_variant(name, VARIANTS[name], workdir)
+            results.append(r)
+            print(json.dumps(r, ensure_ascii=False), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    first = results[0]["wall"]
+    head = ["variant", "records", *[f"tuned {m}" for m in METRICS], "run s", "train s", "eval s", "run ×"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in results:
+        cells = []
+        for m in METRICS:
+            cell = r["metrics"].get(m)
+            tuned = (cell or {}).get("tuned")
+            cells.append("–" if not tuned else f"{tuned['value']:.2f} [{tuned['ci'][0]:.2f}, {tuned['ci'][1]:.2f}]")
+        row = [r["name"], str(r["records"]), *cells, f"{r['wall']:.0f}", f"{r['train'] or 0:.0f}"]
+        row += [f"{r['evaluate'] or 0:.0f}", f"{r['wall'] / first:.2f}"]
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
