@@ -30,6 +30,7 @@ localrules:
     render_config,
     figures,
     loss_figure,
+    judge,
 
 
 rule all:
@@ -41,3 +42,5 @@ rule all:
         rules.merge_model.output,
         rules.evaluate.output,
         rules.loss_figure.output,
+        # the LLM judge only when asked for (evaluate.judge.enabled): it may call a paid API
+        rules.judge.output if config["evaluate"]["judge"]["enabled"] else [],

@@ -77,7 +77,7 @@ def rule_seconds(project: Path, rule: str) -> float | None:
 def run_variant(name: str, overlay: dict, workdir: Path) -> dict:
     project = project_copy(workdir / name)
     (project / "bench-overlay.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
-    cmd = [SNAKEMAKE, "--cores", "2", "--configfile", "bench-overlay.yaml", "results/eval/metrics.json"]
+    cmd = [SNAKEMAKE, "results/eval/metrics.json", "--cores", "2", "--configfile", "bench-overlay.yaml"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env)

@@ -2,6 +2,8 @@
 # recipient × scene pairs in every style plus Tianji's inputs, sampled and seeded; style metrics with
 # bootstrap intervals, and the table.
 
+from zhufu.config import judge_view  # noqa: E402  (light: the judge's modules load only in its job)
+
 
 rule evaluate:
     input:
@@ -41,3 +43,27 @@ rule evaluate:
         },
     script:
         "../scripts/evaluate.py"
+
+
+# The optional LLM judge (zhufu/model/judge.py; evaluate.judge.enabled adds it to `all`): the judge's
+# provider scores every answer of the evaluation. A local rule, like generate: on a cluster it runs on the
+# submitting host, where the internet, the key and the answer cache are. Its params are what shapes the
+# verdicts (the judge's provider identity, the rubric's pass score, the styles); its rates, budget and
+# max_cost come from the config at run time, so changing them reruns nothing.
+rule judge:
+    input:
+        generations=rules.evaluate.output.generations,
+        code=code("scripts/judge.py"),
+    output:
+        verdicts="results/eval/judge.jsonl",
+        summary="results/eval/judge.json",
+        table_md="results/eval/judge.md",
+    log:
+        "logs/judge.log",
+    conda:
+        "../envs/generate.yaml"
+    params:
+        view=lambda wc: judge_view(config),
+        cache=config["cache"],
+    script:
+        "../scripts/judge.py"

@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pth-to-hf": ("zhufu.train.export", "convert an XTuner .pth checkpoint to a HF adapter"),
     "merge-model": ("zhufu.train.export", "merge a HF adapter into its base model"),
     "evaluate": ("zhufu.model.evaluate", "answer the evaluation inputs with the base and the tuned model"),
+    "judge": (
+        "zhufu.model.judge",
+        "score the evaluation's answers with an LLM judge (cached; --estimate spends nothing)",
+    ),
     "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
     "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
     "review": (

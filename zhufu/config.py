@@ -102,6 +102,31 @@ def with_operation(shard: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     return {**shard, "provider": {**provider_operation(config["provider"]), **shard["provider"]}}
 
 
+def judge_provider(config: dict) -> dict:
+    """`evaluate.judge.provider` over `provider:`, at temperature 0 and the judge's max_tokens."""
+    judge = config["evaluate"]["judge"]
+    return {
+        **config["provider"],
+        "temperature": 0.0,
+        "top_p": None,
+        "max_tokens": judge["max_tokens"],
+        **judge["provider"],
+    }
+
+
+def judge_view(config: dict) -> dict:
+    """What shapes the verdicts: the judge provider's identity, the rubric's settings, the styles, the
+    summary's seed and resamples (the judge rule's params). Rates, budget, max_cost and the key's env var
+    are left out: changing them reruns nothing."""
+    judge = config["evaluate"]["judge"]
+    return {
+        "provider": provider_identity_keys(judge_provider(config)),
+        "pass_score": judge["pass_score"],
+        "styles": config["styles"],
+        "summary": {k: config["evaluate"][k] for k in ("seed", "bootstrap")},
+    }
+
+
 def package_file(folder, *parts: str) -> Path:
     """A file of the package data as a path (a regular install or a checkout; zip imports are not supported)."""
     return Path(str(folder.joinpath(*parts)))

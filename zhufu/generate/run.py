@@ -96,7 +96,7 @@ def _summary(s: ShardStats, provider: dict, seconds: float) -> str:
     )
 
 
-async def _call_with_retries(
+async def call_with_retries(
     state: RunState, messages: list[dict], est_tokens: int, stats: ShardStats, sample: int = 0
 ):
     """The answer, or raise CallError after the last attempt (or at once if retrying cannot help)."""
@@ -153,7 +153,7 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
             continue
         stats.requested += 1
         try:
-            answer = await _call_with_retries(
+            answer = await call_with_retries(
                 state, prompt.messages, est_in + p["max_tokens"], stats, sample=prompt.cell.round
             )
         except CallError as e:

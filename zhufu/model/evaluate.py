@@ -221,7 +221,9 @@ def bootstrap(
     return out
 
 
-def summarise(rows: list[dict], styles: list[str], *, resamples: int = 1000, seed: int = 0) -> dict:
+def summarise(
+    rows: list[dict], styles: list[str], *, resamples: int = 1000, seed: int = 0, metrics=METRICS
+) -> dict:
     """metrics.json's `groups`: per style (and `all`), per metric, both models with intervals and a verdict."""
     groups: dict[str, dict] = {}
     for k, group in enumerate([*styles, ALL]):
@@ -232,7 +234,7 @@ def summarise(rows: list[dict], styles: list[str], *, resamples: int = 1000, see
         tuned = [r for r in sel if r["model"] == "tuned"]
         groups[group] = {
             m: bootstrap(m, base, tuned, resamples=resamples, seed=seed + 97 * k + j)
-            for j, m in enumerate(METRICS)
+            for j, m in enumerate(metrics)
         }
     return groups
 

@@ -3,7 +3,8 @@
 It is a stand-in so that the default workflow runs with no API key and no GPU. It is NOT a language
 model: it reads the recipient, scene, style, length limit and extra rules out of the generation prompt
 that `zhufu.grid.build_prompt` writes, and assembles a Chinese blessing from `resources/phrases.yaml`.
-Every answer says so (`system_fingerprint`), and so does the `zhufu serve-teacher` banner.
+Every answer says so (`system_fingerprint`), and so does the `zhufu serve-teacher` banner. It also answers
+the evaluation judge's requests (zhufu.model.judge), with a rubric's score (zhufu.teacher.judge).
 
 Answers are reproducible: the random choices are seeded by a hash of the request's messages,
 temperature and `seed`, so the same request always gets the same answer and different cells differ.
@@ -30,6 +31,7 @@ from urllib.request import urlopen
 from zhufu.errors import ProviderError
 from zhufu.teacher.bank import DEFAULT_PHRASES, load_phrases
 from zhufu.teacher.compose import compose
+from zhufu.teacher.judge import is_judge_request, verdict
 from zhufu.teacher.prompt import parse_prompt
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ def _text(content: object) -> str:
 def answer(body: dict, bank: dict, index: int = 0) -> str:
     """The blessing the teacher gives for a chat-completion request body."""
     users = [_text(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
+    if users and is_judge_request(users[-1]):
+        return verdict(users[-1], bank)  # zhufu.model.judge's request: a rubric's score, not a blessing
     ask = parse_prompt(users[-1] if users else "", bank)
     return compose(ask, bank, random.Random(request_seed(body, index)))
 

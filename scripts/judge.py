@@ -1,0 +1,13 @@
+# ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
+from zhufu.model.judge import judge, read_generations
+from zhufu.scripting import rule_step
+
+with rule_step(snakemake, "judge"):
+    judge(
+        read_generations(snakemake.input.generations),
+        # params.view (what shapes the verdicts) decides when this reruns; the operation settings (rates,
+        # budget, max_cost, the key's env var) are read from the workflow's config, as generate does
+        snakemake.config,
+        snakemake.params.cache,
+        {k: getattr(snakemake.output, k) for k in ("verdicts", "summary", "table_md")},
+    )
