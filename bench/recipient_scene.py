@@ -125,7 +125,9 @@ def main() -> int:
         for m in METRICS:
             cell = r["metrics"].get(m)
             tuned = (cell or {}).get("tuned")
-            cells.append("–" if not tuned else f"{tuned['value']:.2f} [{tuned['ci'][0]:.2f}, {tuned['ci'][1]:.2f}]")
+            cells.append(
+                "–" if not tuned else f"{tuned['value']:.2f} [{tuned['ci'][0]:.2f}, {tuned['ci'][1]:.2f}]"
+            )
         row = [r["name"], str(r["records"]), *cells, f"{r['wall']:.0f}", f"{r['train'] or 0:.0f}"]
         row += [f"{r['evaluate'] or 0:.0f}", f"{r['wall'] / first:.2f}"]
         print("| " + " | ".join(row) + " |")

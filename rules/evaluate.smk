@@ -2,7 +2,9 @@
 # recipient × scene pairs in every style plus Tianji's inputs, sampled and seeded; style metrics with
 # bootstrap intervals, and the table.
 
-from zhufu.config import judge_view  # noqa: E402  (light: the judge's modules load only in its job)
+from zhufu.config import (
+    judge_view,
+)  # noqa: E402  (light: the judge's modules load only in its job)
 
 
 rule evaluate:

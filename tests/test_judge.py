@@ -13,15 +13,26 @@ from helpers import BIN, copy_project, run_cmd
 from zhufu.model.judge import parse_verdict
 from zhufu.teacher import running_teacher, teacher_stats
 
-
 GOOD = "亲爱的姐姐，生日快乐！愿你新的一岁所求皆如愿呀🎂"
 ROWS = [
     # a blessing the rubric passes: recipient, scene, length, clean text
     {"model": "tuned", "style": "小红书", "recipient": "姐姐", "scene": "生日", "output": GOOD},
     # the wrong recipient and scene
-    {"model": "tuned", "style": "小红书", "recipient": "姐姐", "scene": "生日", "output": "领导快快好起来呀💪"},
+    {
+        "model": "tuned",
+        "style": "小红书",
+        "recipient": "姐姐",
+        "scene": "生日",
+        "output": "领导快快好起来呀💪",
+    },
     # an untrained model's noise: broken characters, far too long
-    {"model": "base", "style": "小红书", "recipient": "姐姐", "scene": "生日", "output": "领导\ufffd团圆" * 20},
+    {
+        "model": "base",
+        "style": "小红书",
+        "recipient": "姐姐",
+        "scene": "生日",
+        "output": "领导\ufffd团圆" * 20,
+    },
     {"model": "base", "style": "正常", "recipient": "弟弟", "scene": "康复", "output": "快乐快乐"},
 ]
 
@@ -153,5 +164,3 @@ def test_judge_is_planned_only_when_enabled(tmp_path):
     err = run_cmd([str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "bad.yaml"], cwd=project)
     assert err.returncode != 0
     assert "evaluate.judge.provider" in err.stderr and "rmp" in err.stderr
-
-
