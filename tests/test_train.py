@@ -109,6 +109,24 @@ def test_tiny_tokenizer_is_byte_level_chatml(tiny):
     assert prompt == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_tiny_tokenizer_keeps_each_han_character_one_token(tiny):
+    """`char` (the default): 姐姐 in the request and in the answer are the same tokens, so the model can
+    copy a recipient; `bpe` merges the request's words into template tokens (祝姐姐, 祝妹妹…)."""
+    from transformers import AutoTokenizer
+
+    from zhufu.train.base_model import _training_texts, build_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny[1])
+    ids = tok.encode("祝姐姐生日快乐", add_special_tokens=False)
+    assert [tok.decode([i]) for i in ids] == ["祝", "姐", "姐", "生", "日", "快", "乐"]
+    assert json.loads((tiny[1] / "zhufu_model.json").read_text())["tokenizer"] == "char"
+
+    bpe = build_tokenizer(_training_texts(tiny[0]), 2048, "bpe")
+    pieces = [bpe.decode([i]) for i in bpe.encode("祝姐姐生日快乐", add_special_tokens=False)]
+    assert len(pieces) < 7 and "".join(pieces) == "祝姐姐生日快乐"
+    assert not {"姐"} & set(pieces), pieces  # the recipient is inside a longer token
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     missing = tmp_path / "no" / "such" / "model"
     result = run_cmd(

@@ -87,13 +87,34 @@ def _training_texts(train_json: str | os.PathLike) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer with Qwen's ChatML special tokens, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# One pre-token per Han character (and per CJK punctuation mark or emoji, which are outside \w): BPE then merges
+# only the bytes of one character, never characters into words.
+HAN_CHAR = r"[\p{Han}\p{Extended_Pictographic}\u3000-\u303f\uff00-\uffef]"
+TOKENIZERS = ("char", "bpe")
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, kind: str = "char"):
+    """A byte-level BPE tokenizer with Qwen's ChatML special tokens, as a transformers fast tokenizer.
+
+    `char`: every Han character, CJK punctuation mark and emoji is a token of its own (a pre-token that BPE
+    merges only inside), so 姐姐 in a request and in an answer are the same two tokens, and a recipient or
+    a scene can be copied from the request. `bpe`: byte-level BPE over whole runs of Han characters, which
+    on this little text merges the request templates with their recipient (送祝福给姐姐 and 我想祝领导 are
+    single tokens), so a model must learn every template × recipient token on its own.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
+    if kind not in TOKENIZERS:
+        raise ModelError(f"model.tiny.tokenizer: {kind!r} is not one of {', '.join(TOKENIZERS)}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if kind == "char":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(HAN_CHAR), behavior="isolated"), byte_level]
+        )
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -125,6 +146,7 @@ def build_tiny_model(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     vocab_size: int = 2048,
+    tokenizer: str = "char",
     seed: int = 0,
 ) -> Path:
     """Build the tiny Qwen2 and its tokenizer into `out_dir` (replaced whole, never left half-written)."""
@@ -137,7 +159,8 @@ def build_tiny_model(
             f"model.tiny: hidden_size ({hidden_size}) must divide by num_heads ({num_heads}), "
             f"and num_heads by num_kv_heads ({num_kv_heads})"
         )
-    tokenizer = build_tokenizer(_training_texts(train_json), vocab_size)
+    kind = tokenizer
+    tokenizer = build_tokenizer(_training_texts(train_json), vocab_size, kind)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
@@ -171,6 +194,7 @@ def build_tiny_model(
             "train_json": str(train_json),
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer),
+            "tokenizer": kind,
         },
     )
     replace_dir(tmp, out)
