@@ -80,7 +80,12 @@ def run_variant(name: str, overlay: dict, workdir: Path) -> dict:
     project = project_copy(workdir / name)
     (project / "bench-overlay.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
     cmd = [SNAKEMAKE, "results/eval/metrics.json", "--cores", "2", "--configfile", "bench-overlay.yaml"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # the copy's own package, not the checkout's editable install (which may be edited meanwhile)
+        "PYTHONPATH": str(project),
+    }
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
