@@ -77,7 +77,7 @@ def rule_seconds(project: Path, rule: str) -> float | None:
 
 
 def run_variant(name: str, overlay: dict, workdir: Path) -> dict:
-    project = project_copy(workdir / name)
+    project = workdir / name
     (project / "bench-overlay.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
     cmd = [SNAKEMAKE, "results/eval/metrics.json", "--cores", "2", "--configfile", "bench-overlay.yaml"]
     env = {
@@ -115,6 +115,8 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
     results = []
+    for name in names:  # every copy first: the checkout may change while the variants run
+        project_copy(workdir / name)
     try:
         for name in names:
             r = run_variant(name, VARIANTS[name], workdir)
