@@ -164,3 +164,28 @@ def test_judge_is_planned_only_when_enabled(tmp_path):
     err = run_cmd([str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "bad.yaml"], cwd=project)
     assert err.returncode != 0
     assert "evaluate.judge.provider" in err.stderr and "rmp" in err.stderr
+
+
+def test_judge_params_hold_what_shapes_the_verdicts_and_not_how_they_are_fetched():
+    """The judge rule's params (judge_view): a new judge model or pass score reruns it; a rate, budget,
+    cost cap, timeout or key variable does not."""
+    import copy
+
+    from zhufu.config import judge_view, load_config
+
+    base = load_config()
+    view = judge_view(base)
+
+    def changed(**judge):
+        cfg = copy.deepcopy(base)
+        cfg["evaluate"]["judge"].update(judge)
+        return judge_view(cfg) != view
+
+    assert changed(provider={"model": "deepseek-chat"})
+    assert changed(provider={"kind": "openai", "base_url": "https://api.deepseek.com"})
+    assert changed(pass_score=3)
+    assert changed(max_tokens=300)
+    assert not changed(max_cost=1.0)
+    assert not changed(enabled=True)
+    assert not changed(provider={"rpm": 10, "budget": 5.0, "timeout_s": 5, "api_key_env": "JUDGE_KEY"})
+    assert not changed(provider={"concurrency": 2, "price": {"input_per_1m": 9, "output_per_1m": 9}})
