@@ -60,6 +60,11 @@ rule judge:
         verdicts="results/eval/judge.jsonl",
         summary="results/eval/judge.json",
         table_md="results/eval/judge.md",
+        table_html=report(
+            "results/eval/judge.html",
+            caption="../report/judge.rst",
+            category="3. Evaluation",
+        ),
     log:
         "logs/judge.log",
     conda:

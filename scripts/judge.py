@@ -9,5 +9,5 @@ with rule_step(snakemake, "judge"):
         # budget, max_cost, the key's env var) are read from the workflow's config, as generate does
         snakemake.config,
         snakemake.params.cache,
-        {k: getattr(snakemake.output, k) for k in ("verdicts", "summary", "table_md")},
+        {k: getattr(snakemake.output, k) for k in ("verdicts", "summary", "table_md", "table_html")},
     )

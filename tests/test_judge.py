@@ -95,6 +95,7 @@ def test_estimate_first_then_judge_once_through_the_cache_and_the_ledger(judged)
         assert summary["groups"]["all"]["judge_pass"]["tuned"]["value"] == 0.5
         assert summary["groups"]["all"]["judge_pass"]["base"]["value"] == 0.0
         assert "judge_score" in (judged / "eval" / "judge.md").read_text("utf-8")
+        assert "judge_pass" in (judged / "eval" / "judge.html").read_text("utf-8")
 
         spend = zhufu(["spend", "--configfile", str(cfg), "--json"], judged)
         ledger = json.loads(spend.stdout)

@@ -15,8 +15,8 @@ It goes through the provider layer that manufactures the data:
   written to judge.json, and the judge refuses to start when it exceeds `evaluate.judge.max_cost`.
   `zhufu judge --estimate` prints it and calls nothing.
 
-Files: `judge.jsonl` (one verdict per answer), `judge.json` (settings, estimate, what was spent, the groups)
-and `judge.md` (the table).
+Files: `judge.jsonl` (one verdict per answer), `judge.json` (settings, estimate, the groups) and the table in
+`judge.md` and `judge.html` (in `snakemake --report` when the judge ran).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from zhufu.generate.providers import (
 )
 from zhufu.generate.run import RunState, call_with_retries
 from zhufu.io import write_json, write_jsonl, write_text
-from zhufu.model.evaluate import summarise, table_markdown
+from zhufu.model.evaluate import summarise, table_html, table_markdown
 from zhufu.teacher import running_teacher
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ async def _judge_all(provider: dict, todo, cache: AnswerCache, client) -> list[s
 
 def judge(rows: list[dict], config: dict, cache_path: str | Path, outputs: dict) -> dict:
     """Estimate, check the cap, ask for what is not cached, score, summarise, write `outputs`
-    (verdicts, summary, table_md)."""
+    (verdicts, summary, table_md, table_html)."""
     provider = judge_provider(config)
     judge_cfg = config["evaluate"]["judge"]
     plan = estimate(rows, config, cache_path)
@@ -250,12 +250,18 @@ def judge(rows: list[dict], config: dict, cache_path: str | Path, outputs: dict)
     if provider["kind"] == "offline":
         title += " (offline rubric, not an LLM)"
     write_text(outputs["table_md"], table_markdown(groups, title))
+    write_text(outputs["table_html"], table_html(groups, title))
     return summary
 
 
 def output_files(outdir: str | Path) -> dict:
     d = Path(outdir)
-    return {"verdicts": d / "judge.jsonl", "summary": d / "judge.json", "table_md": d / "judge.md"}
+    return {
+        "verdicts": d / "judge.jsonl",
+        "summary": d / "judge.json",
+        "table_md": d / "judge.md",
+        "table_html": d / "judge.html",
+    }
 
 
 def read_generations(path: str | Path) -> list[dict]:
