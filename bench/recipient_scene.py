@@ -51,6 +51,13 @@ VARIANTS: dict[str, dict] = {
     "data4-iters1200": {"rounds": 4, **_iters(1200)},
     "data6-iters1500": {"rounds": 6, **_iters(1500)},
     "wide-data6-iters1500": {"rounds": 6, "model": {"tiny": WIDE}, **_iters(1500)},
+    "data4-iters2400": {"rounds": 4, **_iters(2400)},
+    "data6-iters3000": {"rounds": 6, **_iters(3000)},
+    "data10-iters3000": {"rounds": 10, **_iters(3000)},
+    "data6-iters3000-r32": {
+        "rounds": 6,
+        "train": {"overrides": {"max_iters": 3000, "lora": {"r": 32, "alpha": 64}}},
+    },
 }
 METRICS = ("recipient", "scene", "length_band", "emoji_band", "record_rules", "distinct_2")
 
