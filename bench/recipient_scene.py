@@ -4,8 +4,8 @@ Each variant is the embedded default run with a config overlay (rounds, the tiny
 iterations, LoRA rank), run to `results/eval/metrics.json` in its own copy of the project, one after another
 on this machine. `bpe` variants use the tiny model's former tokenizer (model.tiny.tokenizer: bpe), whose
 template tokens swallow the recipient (送祝福给姐姐 is one token); the others the per-character default. It
-prints, per variant, the tuned model's held-out metrics (all styles; Tianji's six inputs
-included, as in the evaluation table) and what the variant costs: the wall time of the whole run and of the
+prints, per variant, the tuned model's metrics on the held-out grid pairs (all styles; the table's
+`held-out` group, without Tianji's six inputs) and what the variant costs: the wall time of the whole run and of the
 train and evaluate rules, and the ratio of the run's wall time to the first variant's.
 
     .venv/bin/python bench/recipient_scene.py                      # every variant
@@ -101,7 +101,7 @@ def run_variant(name: str, overlay: dict, workdir: Path) -> dict:
         raise SystemExit(f"{name}: snakemake exited {proc.returncode}")
     metrics = json.loads((project / "results/eval/metrics.json").read_text(encoding="utf-8"))
     records = len(json.loads((project / "results/data/train.json").read_text(encoding="utf-8")))
-    groups = metrics["groups"]["all"]
+    groups = metrics["groups"]["held-out"]
     return {
         "name": name,
         "records": records,

@@ -246,3 +246,13 @@ def test_loss_curve_errors_are_one_line(tmp_path):
     (tmp_path / "x/vis_data/scalars.json").write_text('{"loss": 1, "step": 1}\nnot json\n')
     with pytest.raises(ConfigError, match="line 2"):
         read_scalars(tmp_path)
+
+
+def test_held_out_group_leaves_tianjis_inputs_out():
+    holdout = [{**r, "source": "holdout"} for r in scored("tuned", "正常", ["祝你生日快乐呀"] * 4)]
+    tianji = [{**r, "source": "tianji"} for r in scored("tuned", "正常", ["快乐"] * 6)]
+    base = [{**r, "source": "holdout"} for r in scored("base", "正常", ["快乐"] * 4)]
+    groups = summarise(holdout + tianji + base, ["正常"], resamples=200)
+    assert groups["held-out"]["length_band"]["tuned"] == {"value": 1.0, "n": 4, "ci": [1.0, 1.0]}
+    assert groups["all"]["length_band"]["tuned"]["n"] == 10
+    assert groups["held-out"]["length_band"]["base"]["n"] == 4

@@ -108,7 +108,7 @@ def test_evaluation_compares_base_and_tuned(run):
     assert tuned.keys() == base.keys()
     assert sum(tuned[k] != base[k] for k in tuned) >= len(tuned) // 2
     metrics = json.loads((run / "results/eval/metrics.json").read_text(encoding="utf-8"))
-    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all"}
+    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all", "held-out"}
     assert metrics["groups"]["all"]["record_rules"]["tuned"]["ci"] is not None
     assert "| all | length_band |" in (run / "results/eval/table.md").read_text(encoding="utf-8")
 

@@ -63,6 +63,9 @@ FORM_RULES = (
     "char_repetition",
 )
 ALL = "all"
+# every style, the held-out grid pairs only (Tianji's inputs left out: some name scenes and recipients that
+# are in no training record, 元宵节 and 大家, so no model trained here can get them right)
+HELD_OUT = "held-out"
 
 
 @cache
@@ -224,10 +227,14 @@ def bootstrap(
 def summarise(
     rows: list[dict], styles: list[str], *, resamples: int = 1000, seed: int = 0, metrics=METRICS
 ) -> dict:
-    """metrics.json's `groups`: per style (and `all`), per metric, both models with intervals and a verdict."""
+    """metrics.json's `groups`: per style, `all`, and `held-out` (the held-out grid pairs of every style), per
+    metric, both models with intervals and a verdict."""
     groups: dict[str, dict] = {}
-    for k, group in enumerate([*styles, ALL]):
-        sel = [r for r in rows if group == ALL or r["style"] == group]
+    for k, group in enumerate([*styles, ALL, HELD_OUT]):
+        if group == HELD_OUT:
+            sel = [r for r in rows if r.get("source") == "holdout"]
+        else:
+            sel = [r for r in rows if group == ALL or r["style"] == group]
         if not sel:
             continue
         base = [r for r in sel if r["model"] == "base"]
