@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict] = {
     "data4-iters2400": {"rounds": 4, **_iters(2400)},
     "data6-iters3000": {"rounds": 6, **_iters(3000)},
     "data10-iters3000": {"rounds": 10, **_iters(3000)},
+    "data6-iters4500": {"rounds": 6, **_iters(4500)},
     "data6-iters3000-r32": {
         "rounds": 6,
         "train": {"overrides": {"max_iters": 3000, "lora": {"r": 32, "alpha": 64}}},
