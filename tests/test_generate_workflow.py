@@ -16,7 +16,7 @@ def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(pr
     first = run_cmd(smk, project, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sorted(project.glob("results/raw/*/round_*.json"))
-    assert len(shards) == 3 * 2  # the default config: 3 styles × 2 rounds
+    assert len(shards) == 3 * 6  # the default config: 3 styles × 6 rounds
     before = {p.relative_to(project): p.read_bytes() for p in shards}
     cache = project / ".zhufu-cache" / "llm.sqlite"
     rows = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM answers").fetchone()[0]
@@ -27,7 +27,7 @@ def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(pr
         p.relative_to(project): p.read_bytes() for p in project.glob("results/raw/*/round_*.json")
     } == before
     assert sqlite3.connect(cache).execute("SELECT COUNT(*) FROM answers").fetchone()[0] == rows
-    # every shard's log (the loop runs 6 times: asserted above) ends with the rerun's summary
+    # every shard's log (the loop runs 18 times: asserted above) ends with the rerun's summary
     for shard in shards:
         log = project / "logs/generate" / shard.relative_to(project / "results/raw").with_suffix(".log")
         assert log.is_file(), f"no log where the generate rule writes it: {log}"

@@ -22,7 +22,7 @@ AFTER_TRAIN = {"train": 1, "loss_figure": 1, "pth_to_hf": 1, "merge_model": 1, "
 AFTER_RENDER = {"render_config": 1, **AFTER_TRAIN}
 AFTER_CLEAN = {"clean": 1, "figures": 1, "base_model": 1, "check_format": 1, **AFTER_RENDER}
 AFTER_MERGE = {"merge": 1, **AFTER_CLEAN}
-AFTER_GENERATE = {"generate": 6, **AFTER_MERGE}  # config.yaml: 3 styles × 2 rounds
+AFTER_GENERATE = {"generate": 18, **AFTER_MERGE}  # config.yaml: 3 styles × 6 rounds
 
 
 def snakemake(project, *args, timeout=1800):

@@ -53,7 +53,7 @@ def test_every_contracted_file_exists(run):
 
 def test_shards_parse_and_ids_are_unique(run):
     shards = sorted((run / "results/raw").glob("*/round_*.json"))
-    assert len(shards) == 3 * 2  # 3 styles × 2 rounds
+    assert len(shards) == 3 * 6  # 3 styles × 6 rounds
     ids = []
     for shard in shards:
         records = json.loads(shard.read_text(encoding="utf-8"))
