@@ -110,6 +110,11 @@ def test_evaluation_compares_base_and_tuned(run):
     metrics = json.loads((run / "results/eval/metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all", "held-out"}
     assert metrics["groups"]["all"]["record_rules"]["tuned"]["ci"] is not None
+    # what the default is for (issue 14): the tuned tiny model beats its untrained base on the style bands,
+    # the record rules, and naming the held-out request's recipient and scene
+    verdicts = {m: metrics["groups"]["held-out"][m]["verdict"] for m in metrics["groups"]["held-out"]}
+    for m in ("length_band", "emoji_band", "record_rules", "recipient", "scene"):
+        assert verdicts[m] == "better", (m, metrics["groups"]["held-out"][m])
     assert "| all | length_band |" in (run / "results/eval/table.md").read_text(encoding="utf-8")
 
 
