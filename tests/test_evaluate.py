@@ -115,7 +115,13 @@ def test_tianji_inputs_are_parsed_with_scenes_outside_the_grid():
         (  # another recipient and another scene named too: the tuned tiny model's typical mix-up
             "姐姐，领导快快好起来，生日快乐呀🎂",
             {"recipient": "姐姐", "scene": "生日", "style": "小红书"},
-            {"length_band": True, "emoji_band": True, "recipient": False, "scene": False, "record_rules": True},
+            {
+                "length_band": True,
+                "emoji_band": True,
+                "recipient": False,
+                "scene": False,
+                "record_rules": True,
+            },
         ),
         (  # 老师 inside 赵老师 is not 导师; 好起来 alludes to 康复 (no scene name)
             "赵老师，愿您早点好起来",
@@ -125,7 +131,13 @@ def test_tianji_inputs_are_parsed_with_scenes_outside_the_grid():
         (  # broken characters (an untrained model's cut UTF-8): the record rules drop it
             "姐姐生日\ufffd快乐呀🎂",
             {"recipient": "姐姐", "scene": "生日", "style": "小红书"},
-            {"length_band": True, "emoji_band": True, "recipient": True, "scene": True, "record_rules": False},
+            {
+                "length_band": True,
+                "emoji_band": True,
+                "recipient": True,
+                "scene": True,
+                "record_rules": False,
+            },
         ),
         (
             "",
