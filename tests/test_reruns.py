@@ -175,7 +175,7 @@ def test_an_added_scene_reruns_every_shard_requesting_only_the_new_cells(copy):
     old = {p: len(json.loads(p.read_text(encoding="utf-8"))) for p in (copy / "results/raw").rglob("*.json")}
     result = snakemake(copy, "shards")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(old) == 6
+    assert len(old) == 18  # 3 styles × 6 rounds
     for shard, n_old in old.items():
         n_new = len(json.loads(shard.read_text(encoding="utf-8")))
         rel = shard.relative_to(copy / "results/raw")

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
         for r in sample
     ]
     train.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    model_dir = build_tiny_model(train, tmp / "model", vocab_size=400, seed=1)
+    model_dir = build_tiny_model(train, tmp / "model", seed=1)  # every character of the fixture one token
     chat = load_chat_model(model_dir)
     srv = make_server(
         chat, "127.0.0.1", 0, label="tiny", config=CONFIG, body_timeout_s=1.0, max_new_tokens=12

@@ -190,7 +190,7 @@ def test_train_job_was_given_a_gpu(workflow_runs):
 def test_data_stages_are_identical_to_a_local_run(workflow_runs):
     project, local = workflow_runs["project"], workflow_runs["local"]
     shards = sorted(p.relative_to(local).as_posix() for p in (local / "results/raw").rglob("*.json"))
-    assert len(shards) == 6
+    assert len(shards) == 18  # 3 styles × 6 rounds
     assert shards == sorted(
         p.relative_to(project).as_posix() for p in (project / "results/raw").rglob("*.json")
     )

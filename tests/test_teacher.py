@@ -256,9 +256,9 @@ def test_same_request_same_answer_and_seed_or_temperature_change_it(client, conf
 
 
 def test_cells_get_varied_answers(client, config):
-    """At least 80% distinct answers over the default grid's 小红书 cells (both rounds)."""
+    """At least 80% distinct answers over the default grid's 小红书 cells (all six rounds)."""
     texts = [ask(client, p.messages, temperature=1.0) for p in grid_prompts(config, "小红书")]
-    assert len(texts) == 68  # (43 suitable pairs − 9 held out for the evaluation) × 2 rounds
+    assert len(texts) == 204  # (43 suitable pairs − 9 held out for the evaluation) × 6 rounds
     assert len(set(texts)) >= 0.8 * len(texts), len(set(texts))
     # ...and the variety is in the wording, not just the names: openings differ too.
     assert len({t[:6] for t in texts}) >= 0.5 * len(texts)
@@ -387,14 +387,16 @@ def test_the_bank_covers_tianji_recipients_and_scenes(config):
 
 def test_default_run_data_passes_the_cleaning_rules(client, config):
     """What the teacher writes for the default run is kept by `zhufu clean`: nothing is dropped or rewritten
-    except exact duplicates, and those only where a cell's two rounds drew the very same prompt."""
+    except duplicates: exact ones only between rounds of one cell (six draws of a short 正常 answer such as
+    「老妹，一切顺利！」 can meet), near ones (one address apart) anywhere, and at most 5% in all."""
     from zhufu.data.clean import clean_records
 
     matrix = load_suitability(ROOT / config["grid"]["suitability"])
     records, prompt_of = [], {}
     for style in config["styles"]:
         for p in grid_prompts(config, style):
-            out = ask(client, p.messages, temperature=config["provider"]["temperature"])
+            # seed: the round, as the generate step sends it (the n-th draw of a prompt is another answer)
+            out = ask(client, p.messages, temperature=config["provider"]["temperature"], seed=p.cell.round)
             prompt_of[p.id] = p.messages[-1]["content"]
             meta = {
                 "recipient": p.cell.recipient,
@@ -409,10 +411,12 @@ def test_default_run_data_passes_the_cleaning_rules(client, config):
     assert len(records) == len(config["styles"]) * config["rounds"] * DEFAULT_CELLS
     kept, report = clean_records(records, config["clean"], config["styles"], config["system_prompt"], matrix)
     assert report["modified"] == []
-    assert {d["rule"] for d in report["dropped"]} <= {"exact_dedup"}
+    assert {d["rule"] for d in report["dropped"]} <= {"exact_dedup", "near_dedup"}
+    cell_of = {r["id"]: (r["meta"]["recipient"], r["meta"]["scene"], r["meta"]["style"]) for r in records}
     for d in report["dropped"]:
-        assert prompt_of[d["id"]] == prompt_of[d["duplicate_of"]], d
-    assert len(kept) >= 0.9 * len(records)
+        if d["rule"] == "exact_dedup":  # near-duplicates may cross cells: 亲爱的姐：… and 亲爱的妹：…
+            assert cell_of[d["id"]] == cell_of[d["duplicate_of"]], d
+    assert len(kept) >= 0.95 * len(records), len(kept)
 
 
 BANK = teacher.load_phrases()

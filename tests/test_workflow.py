@@ -164,7 +164,7 @@ def test_rerun_after_deleting_results_makes_no_teacher_request(run, tmp_path):
     """
     project = shutil.copytree(run, tmp_path / "project", symlinks=True)
     before = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
-    assert len(before) == 6
+    assert len(before) == 18  # 3 styles × 6 rounds
     shutil.rmtree(project / "results")  # all of it: the answer cache lives outside results/
     shutil.rmtree(project / "logs/generate")
     result = snakemake(project, "results/data/merged.json")
@@ -173,4 +173,4 @@ def test_rerun_after_deleting_results_makes_no_teacher_request(run, tmp_path):
     assert after == before
     logs = "".join(p.read_text(encoding="utf-8") for p in (project / "logs/generate").rglob("*.log"))
     requested = [int(n) for n in re.findall(r"(\d+) requested", logs)]
-    assert len(requested) == 6 and all(n == 0 for n in requested), logs[-3000:]
+    assert len(requested) == 18 and all(n == 0 for n in requested), logs[-3000:]
