@@ -121,7 +121,8 @@ def test_evaluation_compares_base_and_tuned(run):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
 def test_report_opens_in_chromium_with_every_section(run, tmp_path):
     """`snakemake --report`: one HTML file; opened in Chromium it lists the card, the figures, the loss curve and
-    the evaluation table. The screenshot is kept as results/report.png (and in the test's tmp folder)."""
+    the evaluation table. The screenshots are kept as results/report.png (the start page) and report-1..3.png
+    (each section opened), and in the test's tmp folder."""
     from playwright.sync_api import sync_playwright
 
     result = snakemake(run, "--report", "results/report.html")
@@ -136,14 +137,16 @@ def test_report_opens_in_chromium_with_every_section(run, tmp_path):
         page.wait_for_timeout(1500)
         text = page.inner_text("body")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        for category in ("1. Data", "2. Training", "3. Evaluation"):  # each lists its files when opened
+        for n, category in enumerate(("1. Data", "2. Training", "3. Evaluation"), 1):  # each lists its files
             page.get_by_text(category, exact=True).first.click()
             page.wait_for_timeout(800)
             text += page.inner_text("body")
+            page.screenshot(path=str(tmp_path / f"report-{n}.png"), full_page=True)
             page.get_by_text("Results", exact=True).first.click()
             page.wait_for_timeout(500)
         browser.close()
-    shutil.copy(tmp_path / "report.png", run / "results/report.png")
+    for shot in ("report.png", "report-1.png", "report-2.png", "report-3.png"):
+        shutil.copy(tmp_path / shot, run / "results" / shot)
     for name in ("dataset_card.md", "suitability.png", "lengths.png", "cells.png", "loss.png", "table.html"):
         assert name in text, name
     for category in ("1. Data", "2. Training", "3. Evaluation"):
