@@ -268,3 +268,23 @@ def test_held_out_group_leaves_tianjis_inputs_out():
     assert groups["held-out"]["length_band"]["tuned"] == {"value": 1.0, "n": 4, "ci": [1.0, 1.0]}
     assert groups["all"]["length_band"]["tuned"]["n"] == 10
     assert groups["held-out"]["length_band"]["base"]["n"] == 4
+
+
+def test_the_html_table_carries_its_own_cjk_font(tmp_path):
+    """table.html inlines the shipped font, cut to its characters: Chinese renders in a browser (and in
+    Snakemake's report) without a system CJK font."""
+    import base64
+    import io
+    import re
+
+    from fontTools.ttLib import TTFont
+
+    rows = scored("base", "小红书", ["快乐"] * 4) + scored("tuned", "小红书", ["姐姐生日快乐呀🎂"] * 4)
+    page = table_html(summarise(rows, ["小红书"], resamples=100), "评测：基础 vs 微调")
+    m = re.search(r'@font-face\{font-family:"ZhufuCJK";src:url\(data:font/ttf;base64,([A-Za-z0-9+/=]+)\)', page)
+    assert m, page[:300]
+    assert 'font-family:"ZhufuCJK"' in page.split("</style>")[0].split("}", 1)[1]
+    font = TTFont(io.BytesIO(base64.b64decode(m[1])))
+    cmap = font.getBestCmap()
+    assert all(ord(ch) in cmap for ch in "小红书评测基础微调"), "a character of the table has no glyph"
+    assert len(cmap) < 200 and len(m[1]) < 100_000  # a subset, not the 4.6 MB font

@@ -137,10 +137,15 @@ def test_report_opens_in_chromium_with_every_section(run, tmp_path):
         page.wait_for_timeout(1500)
         text = page.inner_text("body")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        shown = {"2. Training": "results/figures/loss.png", "3. Evaluation": "results/eval/table.html"}
         for n, category in enumerate(("1. Data", "2. Training", "3. Evaluation"), 1):  # each lists its files
             page.get_by_text(category, exact=True).first.click()
             page.wait_for_timeout(800)
             text += page.inner_text("body")
+            if category in shown:  # open the section's file in the report's viewer (its eye button)
+                page.locator("tr", has_text=shown[category]).locator("a[iconname=eye]").first.click()
+                page.wait_for_timeout(2000)
+                text += "".join(f.inner_text("body") for f in page.frames if f != page.main_frame)
             page.screenshot(path=str(tmp_path / f"report-{n}.png"), full_page=True)
             page.get_by_text("Results", exact=True).first.click()
             page.wait_for_timeout(500)
@@ -151,6 +156,7 @@ def test_report_opens_in_chromium_with_every_section(run, tmp_path):
         assert name in text, name
     for category in ("1. Data", "2. Training", "3. Evaluation"):
         assert category in text, category
+    assert "held-out" in text and "小红书" in text  # the evaluation table itself, shown in the report
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 

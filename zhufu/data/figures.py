@@ -31,6 +31,30 @@ def cjk_font():
     return font_manager.FontProperties(fname=str(FONT_PATH))
 
 
+def font_face_css(text: str, family: str = "ZhufuCJK") -> str:
+    """An @font-face rule with the shipped CJK font cut down to the characters of `text` (fontTools' subsetter),
+    inlined as a data URI: a standalone HTML file (the evaluation table, also shown inside Snakemake's report)
+    then draws Chinese in a browser without CJK fonts, for a few kB instead of the font's 4.6 MB."""
+    import base64
+    import io
+
+    from fontTools import subset
+
+    if not FONT_PATH.is_file():
+        raise ConfigError(f"{FONT_PATH}: the shipped CJK font is missing (restore it from git)")
+    options = subset.Options()
+    options.name_IDs = ["*"]  # keep the font's names and licence notice
+    options.notdef_outline = True
+    font = subset.load_font(str(FONT_PATH), options)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text="".join(sorted(set(text))))
+    subsetter.subset(font)
+    buf = io.BytesIO()
+    font.save(buf)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'@font-face{{font-family:"{family}";src:url(data:font/ttf;base64,{data}) format("truetype")}}'
+
+
 def _setup():
     import matplotlib
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from zhufu.config import RESOURCES, load_config, package_file
+from zhufu.data.figures import font_face_css
 from zhufu.data.importing import parse_input
 from zhufu.data.rules import RuleContext, rule_honorific
 from zhufu.data.verdicts import apply_record_rules
@@ -297,14 +298,17 @@ def table_html(groups: dict, title: str) -> str:
         verdict = row[-1]
         cls = {"better": "better", "worse": "worse"}.get(verdict, "same")
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+    rows = "".join(body)
+    # the shipped CJK font, cut to the table's characters: no tofu where the browser has no CJK font
+    font = font_face_css(title + "".join(TABLE_COLUMNS) + rows)
     return (
         '<!doctype html>\n<html lang="zh"><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>"
-        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        f"<title>{esc(title)}</title><style>{font}"
+        'body{font-family:"ZhufuCJK",sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;'
         "padding:.2rem .5rem;text-align:left}tr.better td:last-child{color:#1a7f37;font-weight:bold}"
         "tr.worse td:last-child{color:#b00020;font-weight:bold}</style></head><body>"
         f"<h1>{esc(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>"
-        + "".join(body)
+        + rows
         + "</tbody></table></body></html>\n"
     )
 
