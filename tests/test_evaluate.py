@@ -281,7 +281,9 @@ def test_the_html_table_carries_its_own_cjk_font(tmp_path):
 
     rows = scored("base", "小红书", ["快乐"] * 4) + scored("tuned", "小红书", ["姐姐生日快乐呀🎂"] * 4)
     page = table_html(summarise(rows, ["小红书"], resamples=100), "评测：基础 vs 微调")
-    m = re.search(r'@font-face\{font-family:"ZhufuCJK";src:url\(data:font/ttf;base64,([A-Za-z0-9+/=]+)\)', page)
+    m = re.search(
+        r'@font-face\{font-family:"ZhufuCJK";src:url\(data:font/ttf;base64,([A-Za-z0-9+/=]+)\)', page
+    )
     assert m, page[:300]
     assert 'font-family:"ZhufuCJK"' in page.split("</style>")[0].split("}", 1)[1]
     font = TTFont(io.BytesIO(base64.b64decode(m[1])))
