@@ -126,11 +126,31 @@ async def call_with_retries(
 FATAL_STATUS = {401, 402, 403, 404}
 
 
+def store_paid(
+    state: RunState, key: str, request: str, answer, scope: tuple[str, str], hold: int | None
+) -> float:
+    """Cache one answer with its payment in the spend ledger and the release of its budget hold, in one
+    transaction; add its cost to the run's spending and return it."""
+    p = state.provider
+    cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
+    currency = (p.get("price") or {}).get("currency", "")
+    state.cache.put(
+        key,
+        request,
+        answer.text,
+        answer.prompt_tokens,
+        answer.completion_tokens,
+        paid=Payment(scope[0], scope[1], cost, currency),
+        release=hold,
+    )
+    state.spent += cost
+    return cost
+
+
 async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats, grid.Cell]]) -> None:
     p = state.provider
     budget = p.get("budget")
     scope = spend_scope(p, state.endpoint)
-    currency = (p.get("price") or {}).get("currency", "")
     for stats, cell in items:
         if state.fatal:
             stats.missing += 1
@@ -170,17 +190,7 @@ async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats,
             if hold is not None:
                 state.cache.release(hold)
             raise
-        cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
-        state.cache.put(
-            key,
-            request,
-            answer.text,
-            answer.prompt_tokens,
-            answer.completion_tokens,
-            paid=Payment(scope[0], scope[1], cost, currency),
-            release=hold,
-        )
-        state.spent += cost
+        cost = store_paid(state, key, request, answer, scope, hold)
         stats.cost += cost
         stats.prompt_tokens += answer.prompt_tokens
         stats.completion_tokens += answer.completion_tokens

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from zhufu.config import add_configfile_argument, judge_provider, load_config
 from zhufu.errors import ConfigError, ProviderError
-from zhufu.generate.cache import AnswerCache, Payment, cache_key, canonical_request, open_readonly
+from zhufu.generate.cache import AnswerCache, cache_key, canonical_request, open_readonly
 from zhufu.generate.estimate import cost_of, money, prompt_tokens_estimate, spend_scope
 from zhufu.generate.limits import Limits
 from zhufu.generate.providers import (
@@ -39,7 +39,7 @@ from zhufu.generate.providers import (
     resolve_api_key,
     sampling_params,
 )
-from zhufu.generate.run import RunState, call_with_retries
+from zhufu.generate.run import RunState, call_with_retries, store_paid
 from zhufu.io import write_json, write_jsonl, write_text
 from zhufu.model.evaluate import summarise, table_html, table_markdown
 from zhufu.teacher import running_teacher
@@ -139,7 +139,6 @@ def estimate(rows: list[dict], config: dict, cache_path: str | Path) -> dict:
 async def _judge_all(provider: dict, todo, cache: AnswerCache, client) -> list[str]:
     """Ask for every (key, request, messages) in `todo`; store each verdict as it comes. Failures listed."""
     scope = spend_scope(provider)
-    currency = (provider.get("price") or {}).get("currency", "")
     limits = Limits(provider.get("rpm"), provider.get("tpm"), shared=cache, scope=scope)
     state = RunState(provider=provider, limits=limits, cache=cache, client=client)
     budget = provider.get("budget")
@@ -163,17 +162,7 @@ async def _judge_all(provider: dict, todo, cache: AnswerCache, client) -> list[s
                     cache.release(hold)
                 failures.append(e.reason)
                 continue
-            cost = cost_of(provider, answer.prompt_tokens, answer.completion_tokens)
-            cache.put(
-                key,
-                request,
-                answer.text,
-                answer.prompt_tokens,
-                answer.completion_tokens,
-                paid=Payment(scope[0], scope[1], cost, currency),
-                release=hold,
-            )
-            state.spent += cost
+            store_paid(state, key, request, answer, scope, hold)
 
     try:
         await asyncio.gather(*(worker() for _ in range(provider["concurrency"])))
