@@ -2,9 +2,8 @@
 # recipient × scene pairs in every style plus Tianji's inputs, sampled and seeded; style metrics with
 # bootstrap intervals, and the table.
 
-from zhufu.config import (
-    judge_view,
-)  # noqa: E402  (light: the judge's modules load only in its job)
+# light: the judge's own modules load only in its job
+from zhufu.config import judge_view  # noqa: E402
 
 
 rule evaluate:

@@ -1,10 +1,11 @@
 # ruff: noqa: F821  (`snakemake` is injected by Snakemake's script: directive)
-from zhufu.model.judge import judge, read_generations
+from zhufu.data.records import read_rows
+from zhufu.model.judge import judge
 from zhufu.scripting import rule_step
 
 with rule_step(snakemake, "judge"):
     judge(
-        read_generations(snakemake.input.generations),
+        read_rows(snakemake.input.generations),
         # params.view (what shapes the verdicts) decides when this reruns; the operation settings (rates,
         # budget, max_cost, the key's env var) are read from the workflow's config, as generate does
         snakemake.config,

@@ -37,6 +37,7 @@ from typing import Any
 from zhufu.config import RESOURCES, load_config, package_file
 from zhufu.data.figures import font_face_css
 from zhufu.data.importing import parse_input
+from zhufu.data.records import read_rows
 from zhufu.data.rules import RuleContext, rule_honorific
 from zhufu.data.verdicts import apply_record_rules
 from zhufu.errors import ConfigError
@@ -411,15 +412,12 @@ def output_files(outdir: str | os.PathLike) -> dict:
 
 
 def run_evaluate(args) -> int:
-    import json
-
     config = load_config(args.config)
     if args.greedy:
         config["evaluate"]["decoding"] = "greedy"
     files = output_files(args.outdir)
     if args.rescore:
-        with open(files["generations"], encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
+        rows = read_rows(files["generations"])
         settings = read_json(files["metrics"]).get("settings", {}) if files["metrics"].is_file() else {}
         write_results(score_rows(rows, config), config, files, settings)
     else:

@@ -28,7 +28,8 @@ import re
 from pathlib import Path
 
 from zhufu.config import add_configfile_argument, judge_provider, load_config
-from zhufu.errors import ConfigError, ProviderError
+from zhufu.data.records import read_rows
+from zhufu.errors import ProviderError
 from zhufu.generate.cache import AnswerCache, cache_key, canonical_request, open_readonly
 from zhufu.generate.estimate import cost_of, money, prompt_tokens_estimate, spend_scope
 from zhufu.generate.limits import Limits
@@ -105,10 +106,11 @@ def _requests(rows: list[dict], config: dict, provider: dict) -> list[tuple[str,
     return out
 
 
-def estimate(rows: list[dict], config: dict, cache_path: str | Path) -> dict:
-    """What judging `rows` would cost: calls not cached yet, their tokens and worst-case cost."""
+def estimate(rows: list[dict], config: dict, cache_path: str | Path, requests=None) -> dict:
+    """What judging `rows` would cost: calls not cached yet, their tokens and worst-case cost. `requests`:
+    `_requests(rows, …)` when the caller has built them already."""
     provider = judge_provider(config)
-    requests = _requests(rows, config, provider)
+    requests = requests if requests is not None else _requests(rows, config, provider)
     cache = open_readonly(cache_path)
     try:
         todo = [r for r in requests if cache is None or r[0] not in cache]
@@ -176,7 +178,8 @@ def judge(rows: list[dict], config: dict, cache_path: str | Path, outputs: dict)
     (verdicts, summary, table_md, table_html)."""
     provider = judge_provider(config)
     judge_cfg = config["evaluate"]["judge"]
-    plan = estimate(rows, config, cache_path)
+    requests = _requests(rows, config, provider)
+    plan = estimate(rows, config, cache_path, requests)
     log.info("%s", plan["text"])
     cap = judge_cfg.get("max_cost")
     if cap is not None and plan["cost_max"] > cap:
@@ -184,7 +187,6 @@ def judge(rows: list[dict], config: dict, cache_path: str | Path, outputs: dict)
             f"evaluate.judge.max_cost: {plan['text']}, above the cap of {money(provider, cap)}; "
             "raise the cap or judge fewer answers (evaluate.samples)"
         )
-    requests = _requests(rows, config, provider)
     with AnswerCache(cache_path) as cache:
         todo = [r for r in requests if r[0] not in cache]
         failures: list[str] = []
@@ -253,23 +255,6 @@ def output_files(outdir: str | Path) -> dict:
     }
 
 
-def read_generations(path: str | Path) -> list[dict]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-    except OSError as e:
-        raise ConfigError(
-            f"{path}: cannot read the evaluation's answers ({e.strerror}); run evaluate first"
-        ) from None
-    return rows
-
-
 def add_judge_arguments(parser) -> None:
     add_configfile_argument(parser)
     parser.add_argument(
@@ -280,7 +265,7 @@ def add_judge_arguments(parser) -> None:
 
 def run_judge(args) -> int:
     config = load_config(*args.configfiles)
-    rows = read_generations(Path(args.outdir) / "generations.jsonl")
+    rows = read_rows(Path(args.outdir) / "generations.jsonl")
     if args.estimate:
         print(estimate(rows, config, config["cache"])["text"])
         return 0

@@ -108,7 +108,8 @@ def _takes_prefix(phrase: str) -> bool:
     return not any(w in phrase for w in ("你", "您", "是", "里"))
 
 
-def _clauses(text: str) -> set[str]:
+def clauses(text: str) -> set[str]:
+    """The clauses of two characters or more of a text, split at punctuation and spaces."""
     return {c for c in re.split(r"[，。！、；：\s]", text) if len(c) >= 2}
 
 
@@ -127,8 +128,8 @@ def _fit(slots: list[tuple[list[str], bool]], limit: int, target: int) -> str:
         room = limit - used - reserve
         if not required:
             room = min(room, target - used - reserve)
-        seen = _clauses("".join(out))
-        fresh = [c for c in cands if not (_clauses(c) & seen)] or (cands if required else [])
+        seen = clauses("".join(out))
+        fresh = [c for c in cands if not (clauses(c) & seen)] or (cands if required else [])
         choice = next((c for c in fresh if len(c) <= room), None)
         if choice is None and required and fresh:
             choice = min(fresh, key=len)

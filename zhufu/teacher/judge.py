@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 
+from zhufu.teacher.compose import clauses
 from zhufu.text import count_chars
 
 MARKER = "【待评回答】"
@@ -36,8 +37,9 @@ def _fields(text: str) -> dict[str, str]:
 
 
 def _clauses(value) -> list[str]:
+    """Every clause of two characters or more in a phrase-bank entry (a phrase, a list or a mapping)."""
     if isinstance(value, str):
-        return [c for c in re.split(r"[，、,。！!；;]", value) if len(c) >= 2]
+        return list(clauses(value))
     if isinstance(value, list):
         return [c for v in value for c in _clauses(v)]
     if isinstance(value, dict):
