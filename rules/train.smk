@@ -4,11 +4,12 @@
 # checkpoints (work_dir/iter_*.pth) are not outputs, so Snakemake never deletes them; the output is
 # work_dir/last_checkpoint, which names the final one and which XTuner writes last. The code is zhufu/train/.
 
-from zhufu.train.format_check import min_training_samples, training_format
+from zhufu.train.format_check import training_view
 from zhufu.train.profiles import training_overrides
 
-# XTuner template and max_length of the configured training profile (zhufu/train/profiles.py).
-FORMAT_TEMPLATE, FORMAT_MAX_LENGTH = training_format(config)
+# What the format check needs of the training profile (zhufu/train/profiles.py): template, max_length,
+# packing and the schedule, so it counts the samples training sees and refuses a schedule mmengine would.
+FORMAT_TRAINING = training_view(TRAIN)
 
 
 rule base_model:
@@ -54,8 +55,9 @@ rule render_config:
         "../scripts/render_config.py"
 
 
-# train.json through XTuner's own dataset processing, with the tokenizer and template training will use;
-# it refuses fewer than min_samples (and one optimiser step) samples, and train waits for it.
+# train.json through XTuner's own dataset processing, with the tokenizer, template and packing training will
+# use; it refuses fewer than min_samples (and one optimiser step) samples, or a schedule mmengine would
+# refuse (an epoch warm-up of 0 iterations), and train waits for it.
 rule check_format:
     input:
         train=rules.clean.output.train,
@@ -68,9 +70,7 @@ rule check_format:
     conda:
         "../envs/train.yaml"
     params:
-        template=FORMAT_TEMPLATE,
-        max_length=FORMAT_MAX_LENGTH,
-        min_samples=min_training_samples(TRAIN),
+        training=FORMAT_TRAINING,
     script:
         "../scripts/check_format.py"
 

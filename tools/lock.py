@@ -70,6 +70,10 @@ ENV_ROOTS = {
         "datasets",
         "modelscope",
         "tokenizers",
+        # InternLM2's tokenizer: transformers converts its sentencepiece tokenizer.model to a fast tokenizer,
+        # which needs protobuf (internlm2-chat-7b ships no tokenizer.json)
+        "sentencepiece",
+        "protobuf",
         "mmengine",
         "safetensors",
         "Jinja2",

@@ -2,9 +2,15 @@
 
 Three sources (config `model.source`):
 
-- `tiny`: a Qwen2 of a few layers with random weights and a byte-level BPE tokenizer trained on the
-  training text, built offline and deterministically (same seed and text, same files). It is what the
-  embedded default trains on CPU: it learns the style, not the language.
+- `tiny`: a model of a few layers with random weights and a tokenizer trained on the training text, built
+  offline and deterministically (same seed and text, same files). It is what the embedded default trains on
+  CPU: it learns the style, not the language. `model.tiny.architecture` picks the family:
+  - `qwen2`: transformers' own Qwen2 with a byte-level BPE tokenizer and ChatML (`qwen_chat`);
+  - `internlm2`: laid out as a real internlm2-chat snapshot is: `config.json` with `auto_map`, InternLM2's
+    modeling files beside it (copied, when the model is built, from the ones the installed xtuner wheel
+    ships; loaded with `trust_remote_code`), a sentencepiece `tokenizer.model` with InternLM2's special
+    tokens, and no `tokenizer.json`, so transformers converts the sentencepiece model to a fast tokenizer
+    on every load, as it does for internlm2-chat-7b (that conversion needs protobuf).
 - `path`: a local Hugging Face model directory (`model.path`), validated, then linked.
 - `modelscope`: `model.modelscope_id`, downloaded with modelscope's `snapshot_download` into modelscope's
   cache (outside `results/`, so deleting `results/` never downloads 15 GB again), then linked.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +144,30 @@ def build_tokenizer(texts: list[str], vocab_size: int, kind: str = "char"):
     )
 
 
+ARCHITECTURES = ("qwen2", "internlm2")
+# InternLM2's Hugging Face files as the installed xtuner wheel ships them (no package ships its
+# tokenization_internlm2*.py, so the tiny snapshot's tokenizer is transformers' LlamaTokenizerFast over a
+# sentencepiece model, which goes through the same sentencepiece → fast conversion).
+INTERNLM2_CODE = ("xtuner._lite.modelings.internlm2", ("configuration_internlm2.py", "modeling_internlm2.py"))
+INTERNLM2_AUTO_MAP = {
+    "AutoConfig": "configuration_internlm2.InternLM2Config",
+    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+}
+# internlm2-chat-7b's own chat template and special tokens (its tokenizer_config.json).
+INTERNLM2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+INTERNLM2_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>"]
+
+
 def build_tiny_model(
     train_json: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
+    architecture: str = "qwen2",
     num_layers: int = 2,
     hidden_size: int = 64,
     num_heads: int = 4,
@@ -149,30 +176,68 @@ def build_tiny_model(
     tokenizer: str = "char",
     seed: int = 0,
 ) -> Path:
-    """Build the tiny Qwen2 and its tokenizer into `out_dir` (replaced whole, never left half-written)."""
+    """Build the tiny model and its tokenizer into `out_dir` (replaced whole, never left half-written)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
+    if architecture not in ARCHITECTURES:
+        raise ModelError(
+            f"model.tiny.architecture: {architecture!r} is not one of {', '.join(ARCHITECTURES)}"
+        )
+    if tokenizer not in TOKENIZERS:
+        raise ModelError(f"model.tiny.tokenizer: {tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ModelError(
             f"model.tiny: hidden_size ({hidden_size}) must divide by num_heads ({num_heads}), "
             f"and num_heads by num_kv_heads ({num_kv_heads})"
         )
-    kind = tokenizer
-    tokenizer = build_tokenizer(_training_texts(train_json), vocab_size, kind)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    texts = _training_texts(train_json)
+    shape = dict(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
         initializer_range=INIT_RANGE,
+    )
+    out, tmp = fresh_dir(out_dir)
+    tmp.mkdir(parents=True)
+    write = _write_tiny_qwen2 if architecture == "qwen2" else _write_tiny_internlm2
+    parameters, vocab = write(tmp, texts, shape, tokenizer, seed)
+    write_json(
+        tmp / RECORD,
+        {
+            "source": "tiny",
+            "architecture": architecture,
+            "seed": seed,
+            "train_json": str(train_json),
+            "parameters": parameters,
+            "vocab_size": vocab,
+            "tokenizer": tokenizer,
+        },
+    )
+    replace_dir(tmp, out)
+    log.info(
+        "built tiny %s (%d layers, hidden %d, vocab %d) in %s",
+        architecture,
+        num_layers,
+        hidden_size,
+        vocab,
+        out,
+    )
+    return out
+
+
+def _write_tiny_qwen2(tmp: Path, texts: list[str], shape: dict, kind: str, seed: int) -> tuple[int, int]:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer(texts, shape["vocab_size"], kind)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        **{**shape, "vocab_size": len(tokenizer)},
+        tie_word_embeddings=True,
         bos_token_id=pad,
         eos_token_id=eos,
         pad_token_id=pad,
@@ -183,29 +248,115 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False
     )
-    out, tmp = fresh_dir(out_dir)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    return sum(p.numel() for p in model.parameters()), len(tokenizer)
+
+
+def build_sentencepiece(texts: list[str], out: Path, vocab_size: int, kind: str = "char") -> None:
+    """Train a sentencepiece BPE model on `texts` into `out` (tokenizer.model), with InternLM2's ids.
+
+    Like InternLM2's: <unk> 0, <s> 1, </s> 2, byte fallback for characters the text never had, no dummy
+    prefix, whitespace kept, and the chat special tokens as single pieces. `char`: pieces are single
+    characters (max_sentencepiece_length 1), so a recipient in the request is the same tokens in the
+    answer (see build_tokenizer); `bpe`: sentencepiece's usual merges.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # a per-character vocabulary is smaller than the limit
+        max_sentencepiece_length=1 if kind == "char" else 16,
+        character_coverage=1.0,
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        split_digits=True,
+        user_defined_symbols=INTERNLM2_SPECIAL_TOKENS,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,  # deterministic: the same text gives the same model
+        minloglevel=2,
+    )
+    out.write_bytes(model.getvalue())
+
+
+def _write_tiny_internlm2(tmp: Path, texts: list[str], shape: dict, kind: str, seed: int) -> tuple[int, int]:
+    import importlib.util
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    package, files = INTERNLM2_CODE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.tiny.architecture internlm2: {package} is not installed (it comes with xtuner 0.2.0)"
+        )
+    code_dir = Path(next(iter(spec.submodule_search_locations)))
+    for name in files:
+        shutil.copyfile(code_dir / name, tmp / name)
+    build_sentencepiece(texts, tmp / "tokenizer.model", shape["vocab_size"], kind)
     write_json(
-        tmp / RECORD,
+        tmp / "tokenizer_config.json",
         {
-            "source": "tiny",
-            "seed": seed,
-            "train_json": str(train_json),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(tokenizer),
-            "tokenizer": kind,
+            "tokenizer_class": "LlamaTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "</s>",
+            "additional_special_tokens": INTERNLM2_SPECIAL_TOKENS,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "add_prefix_space": False,  # InternLM2's sentencepiece model adds no dummy prefix
+            "legacy": True,
+            "chat_template": INTERNLM2_CHAT_TEMPLATE,
+            "model_max_length": 2048,
+            "clean_up_tokenization_spaces": False,
         },
     )
-    replace_dir(tmp, out)
-    log.info(
-        "built tiny Qwen2 (%d layers, hidden %d, vocab %d) in %s",
-        num_layers,
-        hidden_size,
-        len(tokenizer),
-        out,
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp))
+    eos, im_end = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
+    write_json(
+        tmp / "config.json",
+        {
+            **shape,
+            "vocab_size": len(tokenizer),
+            "architectures": ["InternLM2ForCausalLM"],
+            "auto_map": INTERNLM2_AUTO_MAP,
+            "model_type": "internlm2",
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000,
+            "rope_scaling": None,
+            "bias": False,
+            "tie_word_embeddings": False,
+            "attn_implementation": "eager",
+            "use_cache": True,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+            "torch_dtype": "float32",
+        },
     )
-    return out
+    config = AutoConfig.from_pretrained(str(tmp), trust_remote_code=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, torch_dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos, im_end], pad_token_id=eos, do_sample=False
+    )
+    model.config.name_or_path = ""  # not the temporary directory: the same seed and text give the same files
+    model.save_pretrained(tmp, safe_serialization=True)
+    return sum(p.numel() for p in model.parameters()), len(tokenizer)
 
 
 def link_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict[str, Any]) -> Path:

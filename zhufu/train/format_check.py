@@ -1,21 +1,41 @@
 """The format check: train.json through XTuner's own dataset processing, as training will see it.
 
 datasets, transformers and XTuner are imported inside `check_format`: they take seconds to import, and the
-workflow imports this module (rules/train.smk) for `training_format` alone.
+workflow imports this module (rules/train.smk) for `training_view` alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
 from zhufu.config import load_config
 from zhufu.errors import DataError
 from zhufu.io import read_json, write_json
-from zhufu.train.profiles import resolve_profile
+from zhufu.train.profiles import resolve_profile, warmup_iterations
 
 log = logging.getLogger(__name__)
+
+
+# The profile settings that decide what training sees and how its schedule is built: the check's inputs.
+SCHEDULE_KEYS = (
+    "prompt_template",
+    "max_length",
+    "pack_to_max_length",
+    "batch_size",
+    "accumulative_counts",
+    "nproc_per_node",
+    "max_iters",
+    "max_epochs",
+    "warmup_ratio",
+)
+
+
+def training_view(profile: dict) -> dict:
+    """What the format check needs of a resolved training profile (the check_format rule's params)."""
+    return {**{k: profile[k] for k in SCHEDULE_KEYS}, "min_samples": min_training_samples(profile)}
 
 
 def check_format(
@@ -25,13 +45,20 @@ def check_format(
     template: str,
     max_length: int,
     min_samples: int = 1,
+    *,
+    training: dict | None = None,
 ) -> dict:
     """Run train.json through XTuner's process_hf_dataset (as training will) and count truncated samples.
 
     A sample is truncated when its full encoding (same template, no length limit) is longer than max_length.
-    A set with fewer than `min_samples` samples after XTuner's processing is refused (DataError, nothing
-    written), so the train rule, which waits for this check, never starts on an empty or nearly empty set.
+    When `training` (training_view of the profile) packs, the samples counted are the packed ones, as
+    training sees them. A set with fewer than `min_samples` samples is refused (DataError, nothing
+    written), and so is one whose epoch schedule mmengine would refuse before the first step (a warm-up of
+    0 iterations, or no iteration left after it): the train rule, which waits for this check, never starts
+    on a set it cannot train.
     """
+    training = training or {}
+    pack = bool(training.get("pack_to_max_length"))
     tdir = Path(tokenizer_dir)
     if not tdir.is_dir():
         raise DataError(
@@ -40,7 +67,7 @@ def check_format(
     rows = read_json(train)
     if not isinstance(rows, list):
         raise DataError(f"{train}: expected a JSON list of {{'conversation': [...]}} rows")
-    if len(rows) < min_samples:
+    if len(rows) < min_samples and not pack:
         raise DataError(_too_few(train, len(rows), "rows", min_samples))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datasets import load_dataset
@@ -54,7 +81,7 @@ def check_format(
     tokenizer = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=True)
     dataset = load_dataset("json", data_files=str(train), split="train")
 
-    def processed(limit: int):
+    def processed(limit: int, packed: bool = False):
         return process_hf_dataset(
             dataset=dataset,
             tokenizer=tokenizer,
@@ -62,18 +89,22 @@ def check_format(
             dataset_map_fn=None,
             template_map_fn=template_map_fn_factory(template=PROMPT_TEMPLATE[template]),
             remove_unused_columns=True,
-            shuffle_before_pack=False,
-            pack_to_max_length=False,
+            shuffle_before_pack=False,  # the order changes which records share a sample, not how many
+            pack_to_max_length=packed,
             map_num_proc=1,
         )
 
     try:
         limited = processed(max_length)
         full = processed(10**9)
+        packed = processed(max_length, packed=True) if pack else None
     except Exception as e:  # XTuner's failure is the finding: say which file and why, one line
         raise DataError(f"{train}: XTuner's process_hf_dataset failed ({type(e).__name__}: {e})") from e
-    if len(limited) < min_samples:
-        raise DataError(_too_few(train, len(limited), "samples after XTuner's processing", min_samples))
+    samples = len(packed) if pack else len(limited)
+    what = f"packed samples of {max_length} tokens" if pack else "samples after XTuner's processing"
+    if samples < min_samples:
+        raise DataError(_too_few(train, samples, what, min_samples))
+    schedule = training_schedule(training, samples, train, what) if training else None
     lengths = sorted(len(x) for x in full["input_ids"])
     truncated = sum(1 for n in lengths if n > max_length)
     result = {
@@ -81,7 +112,9 @@ def check_format(
         "template": template,
         "max_length": max_length,
         "rows": len(rows),
-        "samples": len(limited),
+        "samples": samples,
+        "unpacked_samples": len(limited),
+        "packed": pack,
         "truncated": truncated,
         "dropped_by_xtuner": len(rows) - len(limited),
         "tokens": {
@@ -90,9 +123,65 @@ def check_format(
             "max": lengths[-1] if lengths else 0,
         },
     }
+    if schedule:
+        result["schedule"] = schedule
     write_json(out, result)
-    log.info("%s: %d samples, %d truncated at max_length %d", train, len(limited), truncated, max_length)
+    log.info(
+        "%s: %d %s, %d truncated at max_length %d%s",
+        train,
+        samples,
+        what,
+        truncated,
+        max_length,
+        f"; {schedule['iterations']} iterations, {schedule['warmup_iterations']} of warm-up"
+        if schedule
+        else "",
+    )
     return result
+
+
+def training_schedule(training: dict, samples: int, train: str | Path, what: str) -> dict:
+    """The iterations training will run over `samples`, as mmengine counts them; DataError, naming the
+    setting to change, for a schedule mmengine refuses before the first step.
+
+    Epoch-based (max_iters null): an epoch is ceil(ceil(samples / nproc_per_node) / batch_size) iterations,
+    and mmengine turns the warm-up's end, warmup_ratio × max_epochs epochs, into int(warmup_ratio ×
+    max_epochs × iterations per epoch) iterations (convert_to_iter_based); 0 raises `end should be larger
+    than begin`. Iteration-based profiles warm up over at least 2 iterations (zhufu.train.xtuner_config).
+    """
+    per_rank = math.ceil(samples / training["nproc_per_node"])
+    per_epoch = math.ceil(per_rank / training["batch_size"])
+    ratio, epochs = training["warmup_ratio"], training["max_epochs"]
+    if training["max_iters"]:
+        total = training["max_iters"]
+        warmup = warmup_iterations(ratio, total)
+    else:
+        total = int(epochs * per_epoch)
+        warmup = int(ratio * epochs * per_epoch) if ratio else 0
+        where = (
+            f"{train}: {samples} {what} make {per_epoch} iteration(s) per epoch (batch_size "
+            f"{training['batch_size']} × nproc_per_node {training['nproc_per_node']})"
+        )
+        if ratio and warmup == 0:
+            need = math.ceil(100 / (epochs * per_epoch)) / 100
+            fix = f"raise train.overrides.warmup_ratio to {need:g}" if need < 1 else "add data"
+            raise DataError(
+                f"{where}, so the warm-up of warmup_ratio {ratio:g} × max_epochs {epochs:g} is "
+                f"int({ratio * epochs * per_epoch:.2f}) = 0 iterations and mmengine would stop before the first "
+                f"step (end should be larger than begin); {fix}, raise train.overrides.max_epochs, or set "
+                "train.overrides.warmup_ratio: 0 for no warm-up"
+            )
+        if total <= warmup:
+            raise DataError(
+                f"{where}: max_epochs {epochs:g} gives {total} iteration(s), none left after a warm-up of "
+                f"{warmup}; raise train.overrides.max_epochs or lower train.overrides.warmup_ratio"
+            )
+    return {
+        "iterations": total,
+        "iterations_per_epoch": per_epoch,
+        "warmup_iterations": warmup,
+        "optimizer_steps": math.ceil(total / training["accumulative_counts"]),
+    }
 
 
 def _too_few(train: str | Path, n: int, what: str, needed: int) -> str:
@@ -140,20 +229,14 @@ def _training_profile(config: dict) -> dict:
     return resolve_profile(train.get("profile", "cpu-tiny"), train.get("overrides"))
 
 
-def training_format(config: dict) -> tuple[str, int]:
-    """The XTuner template and max_length of the configured training profile."""
-    profile = _training_profile(config)
-    return profile["prompt_template"], profile["max_length"]
-
-
 def run_check_format(args) -> int:
-    template, max_length, min_samples = args.template, args.max_length, args.min_samples
-    if template is None or max_length is None or min_samples is None:
-        profile = _training_profile(load_config(args.config))
-        template = template or profile["prompt_template"]
-        max_length = max_length or profile["max_length"]
-        min_samples = min_samples or min_training_samples(profile)
-    result = check_format(args.train, args.tokenizer, args.output, template, max_length, min_samples)
+    training = training_view(_training_profile(load_config(args.config)))
+    template = args.template or training["prompt_template"]
+    max_length = args.max_length or training["max_length"]
+    min_samples = args.min_samples or training["min_samples"]
+    result = check_format(
+        args.train, args.tokenizer, args.output, template, max_length, min_samples, training=training
+    )
     print(
         f"{args.output}: {result['samples']} samples, {result['truncated']} truncated at {max_length} tokens"
     )

@@ -104,6 +104,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         # learns the styles but hardly looks at the request (recipient 0.2); bench/recipient_scene.py.
         "max_iters": 3000,
     },
+    "cpu-tiny-internlm2": {
+        "description": "the tiny InternLM2 (model.tiny.architecture: internlm2) with LoRA in fp32 on CPU",
+        "protect_checkpoints": False,
+        "prompt_template": "internlm2_chat",
+        # InternLM2's names for the embeddings and the output head (Qwen2's embed_tokens and lm_head)
+        "lora": {**BASE["lora"], "modules_to_save": ["tok_embeddings", "output"]},
+        "max_iters": 3000,
+    },
     "internlm2-chat-7b-qlora": {
         **_QLORA_7B_24GB,
         "description": "the seed's and Tianji's run: internlm2-chat-7b, QLoRA on one 24 GB GPU",
@@ -151,9 +159,38 @@ PROFILES: dict[str, dict[str, Any]] = {
 RULE_KEYS = ("protect_checkpoints", "mem_mb", "runtime_min")
 
 
+def warmup_iterations(ratio: float, max_iters: int) -> int:
+    """The warm-up of an iteration-based schedule: none for ratio 0, else at least 2 iterations, since
+    mmengine's LinearLR over a single step never leaves its start factor."""
+    return max(2, round(ratio * max_iters)) if ratio else 0
+
+
 def training_overrides(config: dict[str, Any]) -> dict[str, Any]:
     """config `train.overrides` without the rule's keys: what the rendered XTuner config depends on."""
     return {k: v for k, v in (config["train"].get("overrides") or {}).items() if k not in RULE_KEYS}
+
+
+# The chat template each tiny architecture's tokenizer is built for (zhufu.train.base_model): its special
+# tokens, its BOS. A profile whose template is another family's would train on prompts the model never sees.
+TINY_TEMPLATES = {"qwen2": ("qwen_chat",), "internlm2": ("internlm2_chat",)}
+
+
+def check_model_matches(profile: dict[str, Any], model: dict[str, Any]) -> None:
+    """ConfigError when a tiny base model's architecture and the profile's template or modules disagree."""
+    if model.get("source") != "tiny":
+        return
+    architecture = (model.get("tiny") or {}).get("architecture", "qwen2")
+    fits = [
+        n
+        for n, p in PROFILES.items()
+        if p.get("prompt_template", BASE["prompt_template"]) in TINY_TEMPLATES[architecture]
+    ]
+    if profile["prompt_template"] not in TINY_TEMPLATES[architecture]:
+        raise ConfigError(
+            f"train.profile {profile['name']} uses the {profile['prompt_template']} template, but "
+            f"model.tiny.architecture {architecture} is built for {TINY_TEMPLATES[architecture][0]}; choose "
+            f"train.profile {' or '.join(fits)}, or set train.overrides.prompt_template"
+        )
 
 
 def resolve_profile(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

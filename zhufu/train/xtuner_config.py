@@ -22,7 +22,13 @@ from zhufu.config import load_config
 from zhufu.errors import ConfigError
 from zhufu.io import write_text
 from zhufu.tianji import TIANJI_EVALUATION_INPUTS, TIANJI_SYSTEM
-from zhufu.train.profiles import PROFILES, resolve_profile, training_overrides
+from zhufu.train.profiles import (
+    PROFILES,
+    check_model_matches,
+    resolve_profile,
+    training_overrides,
+    warmup_iterations,
+)
 
 TEMPLATE = "xtuner_config.py.j2"
 
@@ -70,9 +76,8 @@ def render_config(
     evaluation_inputs: list[str] | None = None,
 ) -> str:
     """The text of the XTuner config for a resolved profile (see zhufu.train.profiles.resolve_profile)."""
-    # mmengine's LinearLR over a single step never leaves start_factor: warm up over 2 steps at least.
     warmup_iters = (
-        max(2, round(profile["warmup_ratio"] * profile["max_iters"])) if profile["max_iters"] else None
+        warmup_iterations(profile["warmup_ratio"], profile["max_iters"]) if profile["max_iters"] else None
     )
     text = (
         _environment()
@@ -116,8 +121,11 @@ def write_config(
 
 
 def training_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved profile for a validated Zhufu config (used by the train rule's params)."""
-    return resolve_profile(config["train"]["profile"], config["train"].get("overrides"))
+    """The resolved profile for a validated Zhufu config (used by the train rule's params); ConfigError when
+    it does not fit the configured tiny model."""
+    profile = resolve_profile(config["train"]["profile"], config["train"].get("overrides"))
+    check_model_matches(profile, config.get("model", {}))
+    return profile
 
 
 def add_render_config_arguments(parser) -> None:
