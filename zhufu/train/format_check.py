@@ -30,6 +30,8 @@ SCHEDULE_KEYS = (
     "max_iters",
     "max_epochs",
     "warmup_ratio",
+    "shuffle_before_pack",
+    "map_num_proc",
 )
 
 
@@ -81,6 +83,11 @@ def check_format(
     tokenizer = AutoTokenizer.from_pretrained(str(tdir), trust_remote_code=True)
     dataset = load_dataset("json", data_files=str(train), split="train")
 
+    # XTuner packs each of its map_num_proc shards on its own and drops each shard's last, partial sample,
+    # so the packed count depends on the sharding: pack with the profile's. Its shuffle before packing is
+    # unseeded, which can move each shard's count by one either way.
+    procs = training.get("map_num_proc", 1) if pack else 1
+
     def processed(limit: int, packed: bool = False):
         return process_hf_dataset(
             dataset=dataset,
@@ -89,9 +96,9 @@ def check_format(
             dataset_map_fn=None,
             template_map_fn=template_map_fn_factory(template=PROMPT_TEMPLATE[template]),
             remove_unused_columns=True,
-            shuffle_before_pack=False,  # the order changes which records share a sample, not how many
+            shuffle_before_pack=False,
             pack_to_max_length=packed,
-            map_num_proc=1,
+            map_num_proc=procs if packed else 1,
         )
 
     try:
@@ -104,7 +111,17 @@ def check_format(
     what = f"packed samples of {max_length} tokens" if pack else "samples after XTuner's processing"
     if samples < min_samples:
         raise DataError(_too_few(train, samples, what, min_samples))
-    schedule = training_schedule(training, samples, train, what) if training else None
+    # the schedule is checked on the fewest samples training can see (its shuffle can cost each shard one)
+    shuffle_loss = procs - 1 if pack and training.get("shuffle_before_pack") else 0
+    fewest = what
+    if shuffle_loss:
+        fewest += (
+            f" at the least ({samples} as packed here; XTuner's unseeded shuffle before packing can cost each "
+            f"of its {procs} shards one)"
+        )
+    schedule = (
+        training_schedule(training, max(1, samples - shuffle_loss), train, fewest) if training else None
+    )
     lengths = sorted(len(x) for x in full["input_ids"])
     truncated = sum(1 for n in lengths if n > max_length)
     result = {
@@ -147,7 +164,9 @@ def training_schedule(training: dict, samples: int, train: str | Path, what: str
     Epoch-based (max_iters null): an epoch is ceil(ceil(samples / nproc_per_node) / batch_size) iterations,
     and mmengine turns the warm-up's end, warmup_ratio × max_epochs epochs, into int(warmup_ratio ×
     max_epochs × iterations per epoch) iterations (convert_to_iter_based); 0 raises `end should be larger
-    than begin`. Iteration-based profiles warm up over at least 2 iterations (zhufu.train.xtuner_config).
+    than begin`, and 1 leaves the learning rate at LinearLR's start factor for the whole run (measured: lr
+    1.8e-9 at iteration 10 of the tiny internlm2-chat-7b-qlora run). Iteration-based profiles warm up over at
+    least 2 iterations (zhufu.train.profiles.warmup_iterations).
     """
     per_rank = math.ceil(samples / training["nproc_per_node"])
     per_epoch = math.ceil(per_rank / training["batch_size"])
@@ -162,14 +181,21 @@ def training_schedule(training: dict, samples: int, train: str | Path, what: str
             f"{train}: {samples} {what} make {per_epoch} iteration(s) per epoch (batch_size "
             f"{training['batch_size']} × nproc_per_node {training['nproc_per_node']})"
         )
-        if ratio and warmup == 0:
-            need = math.ceil(100 / (epochs * per_epoch)) / 100
+        if ratio and warmup < 2:
+            # 0 raises in mmengine; over 1 iteration LinearLR never leaves its start factor, and the cosine
+            # that follows scales that lr, so the whole run would train at lr × 1e-5 without a word
+            why = (
+                "mmengine would stop before the first step (end should be larger than begin)"
+                if warmup == 0
+                else "mmengine's LinearLR over one iteration never leaves its start factor, so the whole run "
+                "would train at lr × 1e-5"
+            )
+            need = math.ceil(200 / (epochs * per_epoch)) / 100
             fix = f"raise train.overrides.warmup_ratio to {need:g}" if need < 1 else "add data"
             raise DataError(
                 f"{where}, so the warm-up of warmup_ratio {ratio:g} × max_epochs {epochs:g} is "
-                f"int({ratio * epochs * per_epoch:.2f}) = 0 iterations and mmengine would stop before the first "
-                f"step (end should be larger than begin); {fix}, raise train.overrides.max_epochs, or set "
-                "train.overrides.warmup_ratio: 0 for no warm-up"
+                f"int({ratio * epochs * per_epoch:.2f}) = {warmup} iteration(s) and {why}; {fix}, raise "
+                "train.overrides.max_epochs, or set train.overrides.warmup_ratio: 0 for no warm-up"
             )
         if total <= warmup:
             raise DataError(
