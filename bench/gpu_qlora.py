@@ -1,15 +1,19 @@
-"""QLoRA throughput and peak GPU memory of the internlm2-chat-7b-qlora profile, without downloading a model.
+"""QLoRA on one real GPU: the internlm2-chat-7b-qlora profile on a random InternLM2 of the real 7B shape,
+then the same profile through the whole workflow at tiny size, with 4-bit and AMP on.
 
-The seed says "24 GB is enough" for QLoRA on internlm2-chat-7b. This builds a model of the real 7B shape
-with random weights (InternLM2-chat-7B's dimensions: 32 layers, hidden 4096, 32 heads / 8 KV heads,
-intermediate 14336, vocabulary 92544; as a Llama architecture, which InternLM2 is apart from its fused
-wqkv, because InternLM2's modelling code comes from the Hub), renders the profile unchanged except for
-the iteration count, trains a few iterations through Zhufu's launcher (real XTuner, nf4 double quantisation,
-LoRA r64, fp16 AmpOptimWrapper, max_length 2048 packed, batch 1), and prints tokens/s and the peak GPU memory.
+The seed says "24 GB is enough" for QLoRA on internlm2-chat-7b. Part 1 builds an InternLM2 snapshot of
+internlm2-chat-7b's shape with random weights (its config keys: 32 layers, hidden 4096, 32 heads / 8 KV
+heads, intermediate 14336, vocabulary 92544; InternLM2's own modeling code, copied from the installed
+xtuner, loaded with trust_remote_code), renders the profile unchanged except for the iteration count,
+trains a few dozen iterations through Zhufu's launcher (real XTuner, nf4 double quantisation, LoRA r64,
+fp16 AmpOptimWrapper, max_length 2048 packed, batch 1), prints tokens/s, the peak GPU memory and the first
+and last loss, then converts the checkpoint (pth_to_hf) and merges it. Part 2 runs the workflow with the
+same profile, unchanged, over the tiny InternLM2 (what tests/workflow/test_real_profiles.py runs on a CPU
+with 4-bit and AMP swapped out): check_format → train → pth_to_hf → merge_model → evaluate.
 
-    python bench/gpu_qlora.py [--iters 32] [--workdir /tmp/zhufu-gpu-bench]
+    python bench/gpu_qlora.py [--iters 32] [--workdir /tmp/zhufu-gpu-bench] [--skip-tiny]
 
-Weights are random, so the loss means nothing; the speed and memory are those of the real shape.
+Weights are random, so part 1's loss means nothing; the speed and memory are those of the real shape.
 """
 
 from __future__ import annotations
@@ -59,33 +63,14 @@ def preflight() -> str:
 
 
 def build_model(out: Path, data: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from zhufu.train.base_model import build_tokenizer
+    from zhufu.train.base_model import build_internlm2
 
     if (out / "config.json").is_file():
         return
-    texts = [r["conversation"][0]["output"] for r in json.loads(data.read_text(encoding="utf-8"))]
-    tokenizer = build_tokenizer(texts, 1024)
-    config = LlamaConfig(
-        **INTERNLM2_7B,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float16",
-    )
-    torch.manual_seed(0)
+    texts = [t for r in json.loads(data.read_text(encoding="utf-8")) for t in r["conversation"][0].values()]
     t0 = time.time()
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).half()
-    print(
-        f"built a {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B-parameter model in {time.time() - t0:.0f} s"
-    )
-    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
-    tokenizer.save_pretrained(out)
-    del model
-    torch.cuda.empty_cache()
+    build_internlm2(texts, out, INTERNLM2_7B, device="cuda", torch_dtype="float16")
+    print(f"built a random InternLM2 of the 7B shape in {time.time() - t0:.0f} s: {out}")
 
 
 def write_data(path: Path, records: int) -> None:
@@ -144,6 +129,7 @@ def main() -> int:
     )
     parser.add_argument("--workdir", default="/tmp/zhufu-gpu-bench")
     parser.add_argument("--profile", default="internlm2-chat-7b-qlora")
+    parser.add_argument("--skip-tiny", action="store_true", help="skip part 2, the workflow at tiny size")
     args = parser.parse_args()
 
     from zhufu.errors import ModelError
@@ -204,7 +190,53 @@ def main() -> int:
     print(f"peak GPU memory, torch max allocated (mmengine): {max(memory) if memory else 'n/a'} MiB")
     print(f"peak GPU memory, nvidia-smi: {sampler.peak_mib} MiB  (the seed: '24 GB is enough' = 24576 MiB)")
     print(f"wall time of the training run (model load and data included): {wall:.0f} s")
-    return 0
+    losses = [float(x) for x in re.findall(r"Iter\(train\).*?\bloss: ([\d.]+)", text)]
+    if losses:
+        print(f"loss: first logged {losses[0]:.4f}, last logged {losses[-1]:.4f} (random weights)")
+    from zhufu.train.export import merge_model, pth_to_hf
+
+    t0 = time.time()
+    adapter = pth_to_hf(config, wd / "work_dir", wd / "adapter", log_path=wd / "pth_to_hf.log")
+    print(f"pth_to_hf: {adapter} in {time.time() - t0:.0f} s")
+    t0 = time.time()
+    merged = merge_model(model, adapter, wd / "merged", log_path=wd / "merge.log")
+    print(f"merge: {merged} in {time.time() - t0:.0f} s")
+    return 0 if args.skip_tiny else tiny_chain(wd / "tiny", args.profile)
+
+
+def tiny_chain(dest: Path, profile: str) -> int:
+    """The workflow with `profile` as it is (4-bit, AMP) over the tiny InternLM2, in a copy of the project."""
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    overlay = {
+        "model": {"source": "tiny", "tiny": {"architecture": "internlm2"}},
+        "train": {"profile": profile},
+    }
+    (dest / "overlay.yaml").write_text(json.dumps(overlay), encoding="utf-8")
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    t0 = time.time()
+    r = subprocess.run([snakemake, "--cores", "8", "--configfile", "overlay.yaml"], cwd=dest)
+    print(f"tiny chain ({profile}, 4-bit and AMP on): exit {r.returncode} in {time.time() - t0:.0f} s")
+    for tsv in sorted((dest / "benchmarks").glob("*.tsv")):
+        print(f"  {tsv.stem}: {tsv.read_text().splitlines()[-1].split()[0]} s")
+    check = dest / "results/data/format_check.json"
+    if check.is_file():
+        print(f"  format check: {json.loads(check.read_text()).get('schedule')}")
+    table = dest / "results/eval/table.md"
+    if table.is_file():
+        print(
+            "  "
+            + "\n  ".join(line for line in table.read_text().splitlines() if line.startswith("| held-out"))
+        )
+    return r.returncode
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ VARIANTS: dict[str, dict] = {
     "bpe-data6-iters1500": {"rounds": 6, "model": {"tiny": BPE}, **_iters(1500)},
     "bpe-wide-data6-iters1500": {"rounds": 6, "model": {"tiny": {**BPE, **WIDE}}, **_iters(1500)},
     "default": {},
+    # the seed's model family at the same size: InternLM2's own code, its template, a sentencepiece tokenizer
+    "internlm2": {
+        "model": {"tiny": {"architecture": "internlm2"}},
+        "train": {"profile": "cpu-tiny-internlm2"},
+    },
     "iters1200": _iters(1200),
     "data4-iters1200": {"rounds": 4, **_iters(1200)},
     "data6-iters1500": {"rounds": 6, **_iters(1500)},

@@ -65,22 +65,28 @@ def cuda_available(env: dict[str, str] | None = None) -> bool:
 def greedy_answer(model_dir: Path, text: str, *, system: str, max_new_tokens: int) -> str:
     """What a model answers to one request, written here with plain transformers as the tests' oracle.
 
-    The chat template with a system and a user turn, greedy decoding that stops at <|im_end|> or
-    <|endoftext|>, the new tokens decoded without special tokens and stripped.
+    The chat template with a system and a user turn, greedy decoding that stops at <|im_end|>,
+    <|endoftext|> or the eos token, the new tokens decoded without special tokens and stripped.
     """
     import torch  # heavy: imported only by the tests that generate
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)  # InternLM2 brings its own code
+    model = (
+        AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, trust_remote_code=True)
+        .to(device)
+        .eval()
+    )
     prompt = tok.apply_chat_template(
         [{"role": "system", "content": system}, {"role": "user", "content": text}],
         tokenize=False,
         add_generation_prompt=True,
     )
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-    stops = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    # <|im_end|> ends a turn in both families; <|endoftext|> is Qwen's, </s> InternLM2's eos
+    named = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    stops = sorted({t for t in named if t != tok.unk_token_id} | {tok.eos_token_id})
     with torch.no_grad():
         out = model.generate(
             **ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=stops[-1]

@@ -131,3 +131,23 @@ def test_profile_of_another_family_is_refused_before_any_job(project):
     )
     r = run_cmd(["snakemake", "-n", "--cores", "1", "--configfile", "overlay.yaml"], cwd=project, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_internlm2_of_another_shape_pads_its_vocabulary(tmp_path):
+    """bench/gpu_qlora.py builds internlm2-chat-7b's shape this way on a GPU; here a small one on the CPU."""
+    from transformers import AutoConfig
+
+    from zhufu.train.base_model import build_internlm2
+
+    texts = ["祝姐姐生日快乐", "愿你岁岁平安，万事顺意✨"]
+    shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 4096,
+    }
+    out = build_internlm2(texts, tmp_path / "m", shape)
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    assert (config.vocab_size, config.hidden_size, config.model_type) == (4096, 32, "internlm2")

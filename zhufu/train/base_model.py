@@ -290,7 +290,18 @@ def build_sentencepiece(texts: list[str], out: Path, vocab_size: int, kind: str 
     out.write_bytes(model.getvalue())
 
 
-def _write_tiny_internlm2(tmp: Path, texts: list[str], shape: dict, kind: str, seed: int) -> tuple[int, int]:
+def _write_tiny_internlm2(
+    tmp: Path,
+    texts: list[str],
+    shape: dict,
+    kind: str,
+    seed: int,
+    *,
+    device: str = "cpu",
+    torch_dtype: str = "float32",
+) -> tuple[int, int]:
+    """An InternLM2 snapshot of `shape` with random weights into `tmp` (bench/gpu_qlora.py builds the 7B
+    shape with it, on the GPU in float16); returns (parameters, vocabulary size)."""
     import importlib.util
 
     import torch
@@ -329,8 +340,9 @@ def _write_tiny_internlm2(tmp: Path, texts: list[str], shape: dict, kind: str, s
     write_json(
         tmp / "config.json",
         {
-            **shape,
-            "vocab_size": len(tokenizer),
+            **{k: v for k, v in shape.items() if k != "padded_vocab_size"},
+            # the tokenizer's own size; a bench of the real shape pads it to the real vocabulary
+            "vocab_size": max(len(tokenizer), shape.get("padded_vocab_size") or 0),
             "architectures": ["InternLM2ForCausalLM"],
             "auto_map": INTERNLM2_AUTO_MAP,
             "model_type": "internlm2",
@@ -347,18 +359,46 @@ def _write_tiny_internlm2(tmp: Path, texts: list[str], shape: dict, kind: str, s
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": eos,
             "pad_token_id": eos,
-            "torch_dtype": "float32",
+            "torch_dtype": torch_dtype,
         },
     )
     config = AutoConfig.from_pretrained(str(tmp), trust_remote_code=True)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, torch_dtype=torch.float32)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=True, torch_dtype=getattr(torch, torch_dtype)
+        )
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[eos, im_end], pad_token_id=eos, do_sample=False
     )
     model.config.name_or_path = ""  # not the temporary directory: the same seed and text give the same files
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
     return sum(p.numel() for p in model.parameters()), len(tokenizer)
+
+
+def build_internlm2(
+    texts: list[str],
+    out_dir: str | os.PathLike,
+    shape: dict,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    torch_dtype: str = "float32",
+) -> Path:
+    """An InternLM2 snapshot of any `shape` (config.json keys: hidden_size, num_hidden_layers, vocab_size,
+    ...) with random weights and a tokenizer trained on `texts` (its vocabulary padded to the shape's),
+    laid out as the tiny one is; replaced whole."""
+    out, tmp = fresh_dir(out_dir)
+    tmp.mkdir(parents=True)
+    full = {
+        "initializer_range": 0.02,
+        **shape,
+        "vocab_size": 2048,
+        "padded_vocab_size": shape.get("vocab_size"),
+    }
+    _write_tiny_internlm2(tmp, texts, full, "char", seed, device=device, torch_dtype=torch_dtype)
+    replace_dir(tmp, out)
+    return out
 
 
 def link_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict[str, Any]) -> Path:

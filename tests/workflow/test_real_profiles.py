@@ -1,0 +1,150 @@
+"""The seed's real training profiles, run by the workflow at tiny size: internlm2-chat-7b-qlora over the tiny
+InternLM2 (its own modeling code, trust_remote_code, its template, a tokenizer converted from sentencepiece)
+and qwen2.5-7b-instruct-qlora over the tiny Qwen2, each with its own packing to 2048 tokens, epoch
+schedule, warm-up, checkpoints and EvaluateChatHook. Only what a CPU cannot do is swapped out: 4-bit
+quantisation (bitsandbytes needs CUDA) and fp16/bf16 AMP (AmpOptimWrapper asserts a GPU), so the weights are
+fp32. check_format → train → pth_to_hf → merge_model → evaluate, then `zhufu chat` and `zhufu serve`."""
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from helpers import BIN, TIANJI_SYSTEM, copy_project, greedy_answer, run_cmd
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+
+CPU_SWAP = {"quantization": None, "optim_wrapper": "OptimWrapper", "torch_dtype": "float32"}
+PROFILES = {
+    "internlm2": {"profile": "internlm2-chat-7b-qlora", "template": "internlm2_chat", "head": "output"},
+    "qwen2": {"profile": "qwen2.5-7b-instruct-qlora", "template": "qwen_chat", "head": "lm_head"},
+}
+LR = 2e-4  # both QLoRA profiles' learning rate
+REQUEST = "祝妹妹谈判顺利，小红书风格"
+
+
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def run(request, tmp_path_factory):
+    arch = request.param
+    project = copy_project(tmp_path_factory.mktemp(f"real-{arch}") / "project")
+    overlay = {
+        "model": {"source": "tiny", "tiny": {"architecture": arch}},
+        "train": {"profile": PROFILES[arch]["profile"], "overrides": CPU_SWAP},
+        "evaluate": {"samples": 1},  # the evaluation's own setting, not the profile's: half the answers
+    }
+    (project / "overlay.yaml").write_text(json.dumps(overlay), encoding="utf-8")
+    r = run_cmd(
+        [
+            str(BIN / "snakemake"),
+            "--profile",
+            "profiles/default",
+            "--cores",
+            "2",
+            "--configfile",
+            "overlay.yaml",
+        ],
+        cwd=project,
+        timeout=2400,
+    )
+    assert r.returncode == 0, (
+        r.stderr[-6000:],
+        (project / "logs/train.log").read_text(errors="replace")[-4000:],
+    )
+    return arch, project
+
+
+def scalars(project) -> list[dict]:
+    (path,) = (project / "results/train/work_dir").glob("*/vis_data/scalars.json")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_the_profile_is_rendered_as_it_is_but_for_the_cpu_swap(run):
+    arch, project = run
+    text = (project / "results/train/xtuner_config.py").read_text()
+    assert f"prompt_template = PROMPT_TEMPLATE.{PROFILES[arch]['template']}" in text
+    for line in (
+        "max_length = 2048",
+        "pack_to_max_length = True",
+        "batch_size = 1",
+        "accumulative_counts = 16",
+        "max_epochs = 3",
+        "warmup_ratio = 0.03",
+        "lr = 0.0002",
+        "evaluation_freq = 50",
+    ):
+        assert line in text, line
+    assert "type=EvaluateChatHook" in text and "max_new_tokens=600" in text
+    assert "by_epoch=True" in text and "type=LinearLR" in text and "DefaultSampler" in text
+    # the swap, and nothing else: no 4-bit config, fp32, no AMP
+    assert "BitsAndBytesConfig" not in text and "torch_dtype=torch.float32" in text
+    assert "AmpOptimWrapper" not in text
+
+
+def test_training_packs_runs_the_epoch_schedule_and_leaves_the_warm_up(run):
+    arch, project = run
+    check = json.loads((project / "results/data/format_check.json").read_text())
+    assert check["packed"] is True and check["template"] == PROFILES[arch]["template"]
+    assert check["samples"] < check["rows"] / 5  # many records to a 2048-token sample
+    log = (project / "logs/train.log").read_text(errors="replace")
+    totals = {int(n) for n in re.findall(r"Iter\(train\) \[\s*\d+/(\d+)\]", log)}
+    (total,) = totals
+    # 3 epochs of the packed samples training saw (its unseeded shuffle can cost each of 8 shards one)
+    assert total % 3 == 0 and check["samples"] - 7 <= total // 3 <= check["samples"]
+    assert "Sample output" in log  # EvaluateChatHook answered during training
+    rows = scalars(project)
+    lrs = [row["lr"] for row in rows if "lr" in row]
+    assert lrs and max(lrs) > 0.5 * LR, f"the warm-up never left its start factor: {lrs}"
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert losses and all(0 < x < 20 for x in losses)
+    last = (project / "results/train/work_dir/last_checkpoint").read_text().strip()
+    assert last.endswith(f"iter_{total}.pth")
+
+
+def test_the_adapter_wraps_what_the_seed_wraps(run):
+    """target_modules null: XTuner's find_all_linear_names skips lm_head and output_layer, so InternLM2's
+    head, named `output`, is wrapped (as the seed's and Tianji's adapters are); Qwen's lm_head is not."""
+    arch, project = run
+    targets = set(
+        json.loads((project / "results/model/adapter/adapter_config.json").read_text())["target_modules"]
+    )
+    if arch == "internlm2":
+        assert {"wqkv", "wo", "w1", "w2", "w3", "output"} == targets
+    else:
+        assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} == targets
+
+
+def test_evaluate_scores_base_and_tuned(run):
+    _, project = run
+    rows = [
+        json.loads(line) for line in (project / "results/eval/generations.jsonl").read_text().splitlines()
+    ]
+    assert {r["model"] for r in rows} == {"base", "tuned"}
+    assert len(rows) == 2 * 33  # 33 inputs (27 held-out cells + Tianji's 6), one sample each
+    assert "| held-out | length_band |" in (project / "results/eval/table.md").read_text()
+
+
+def test_chat_and_serve_answer_from_the_merged_model(run):
+    _, project = run
+    merged = project / "results/model/merged"
+    expected = greedy_answer(merged, REQUEST, system=TIANJI_SYSTEM, max_new_tokens=24)
+    assert expected
+    r = run_cmd(["zhufu", "chat", str(merged), REQUEST, "--max-new-tokens", "24"], cwd=project, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == expected
+    cmd = [str(BIN / "zhufu"), "serve", str(merged), "--port", "0", "--max-new-tokens", "24"]
+    serve = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = re.search(r"http://[\d.]+:\d+/", serve.stdout.readline())[0]
+        req = urllib.request.Request(
+            url + "api/chat",
+            data=json.dumps({"text": REQUEST}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            assert json.loads(resp.read())["output"] == expected
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    print(f"\n{sys.argv[0]}: {project.name}: zhufu chat answered {expected!r}")
