@@ -90,8 +90,10 @@ def test_training_packs_runs_the_epoch_schedule_and_leaves_the_warm_up(run):
     log = (project / "logs/train.log").read_text(errors="replace")
     totals = {int(n) for n in re.findall(r"Iter\(train\) \[\s*\d+/(\d+)\]", log)}
     (total,) = totals
-    # 3 epochs of the packed samples training saw (its unseeded shuffle can cost each of 8 shards one)
-    assert total % 3 == 0 and check["samples"] - 7 <= total // 3 <= check["samples"]
+    # 3 epochs of the packed samples training saw: XTuner's unseeded shuffle before packing moves each of its
+    # 8 shards' counts by one at most, so training's count is within 7 of the check's (measured: 30 and 32)
+    assert total % 3 == 0 and abs(total // 3 - check["samples"]) <= 7
+    assert check["schedule"]["at_least"]["iterations"] == 3 * (check["samples"] - 7)
     assert "Sample output" in log  # EvaluateChatHook answered during training
     rows = scalars(project)
     lrs = [row["lr"] for row in rows if "lr" in row]

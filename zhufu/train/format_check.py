@@ -119,9 +119,13 @@ def check_format(
             f" at the least ({samples} as packed here; XTuner's unseeded shuffle before packing can cost each "
             f"of its {procs} shards one)"
         )
-    schedule = (
-        training_schedule(training, max(1, samples - shuffle_loss), train, fewest) if training else None
-    )
+    schedule = None
+    if training:
+        # checked on the fewest samples training can see; reported for the samples counted here
+        fewest_schedule = training_schedule(training, max(1, samples - shuffle_loss), train, fewest)
+        schedule = training_schedule(training, samples, train, what)
+        if shuffle_loss:
+            schedule["at_least"] = {k: fewest_schedule[k] for k in ("iterations", "warmup_iterations")}
     lengths = sorted(len(x) for x in full["input_ids"])
     truncated = sum(1 for n in lengths if n > max_length)
     result = {
