@@ -1,7 +1,9 @@
 """The set rules of cleaning: exact and near-duplicate texts, found on a normalised key of each text.
 
 The first record of each group stays, in merged order. Near duplicates are found with MinHash LSH over
-character n-grams, banded for recall (lsh_bands), and confirmed with the exact Jaccard of the two n-gram sets.
+character n-grams, banded for recall (lsh_bands), and confirmed with the exact Jaccard of the two n-gram sets;
+which earlier records to confirm against comes from an exact similarity join (prefix filtering), so the work
+grows with the rows, not with the rows times the near-alike rows of a bucket.
 """
 
 from __future__ import annotations
@@ -115,6 +117,65 @@ def band_keys(signatures, bands: int, rows: int):
     return out
 
 
+def gram_tokens(keys: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, token) of every character n-gram of every key, repeats included: one int per distinct n-gram,
+    equal exactly when the n-grams are (the code points + 1 packed into 63 bits when n <= 3, else an id).
+    A key shorter than n is one gram, the whole key (as in shingles)."""
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    per_row = np.maximum(lengths - n + 1, 1)
+    row = np.repeat(np.arange(len(keys), dtype=np.int32), per_row)
+    if n > 3:
+        ids: dict[str, int] = {}
+        tok = np.fromiter(
+            (ids.setdefault(k[i : i + n], len(ids)) for k, m in zip(keys, per_row.tolist(), strict=True)
+             for i in range(m)),
+            dtype=np.uint64,
+            count=int(per_row.sum()),
+        )  # fmt: skip
+        return row, tok
+    chars = np.frombuffer("".join(keys).encode("utf-32-le"), dtype=np.uint32)
+    starts = np.repeat(np.cumsum(lengths) - lengths, per_row)
+    offset = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    first = starts + offset
+    present = np.repeat(lengths, per_row) - offset  # characters of the gram that exist (short keys)
+    tok = np.zeros(len(row), dtype=np.uint64)
+    for k in range(n):
+        has = present > k
+        c = np.zeros(len(row), dtype=np.uint64)
+        c[has] = chars[first[has] + k].astype(np.uint64) + 1
+        tok = (tok << np.uint64(21)) | c
+    return row, tok
+
+
+def similarity_prefixes(keys: list[str], n: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each key's prefix for an exact similarity join (prefix filtering, as in AllPairs/PPJoin): with its
+    distinct n-grams ordered rarest first (one global order), the first |x| - ceil(t·|x|) + 1 of them. Two
+    keys at Jaccard >= t share at least one n-gram of their prefixes, since they share at least t·|x∪y|.
+
+    Returned as CSR (indptr, gram ranks), without the n-grams that occur in one key only (they can be no
+    one else's): a key whose prefix is all such n-grams has no near-duplicate at all.
+    """
+    row, tok = gram_tokens(keys, n)
+    uniq, inverse, counts = np.unique(tok, return_inverse=True, return_counts=True)
+    del tok
+    rank = np.empty(len(uniq), dtype=np.uint64)
+    rank[np.lexsort((uniq, counts))] = np.arange(len(uniq), dtype=np.uint64)
+    singletons = int((counts == 1).sum())  # the first ranks
+    del uniq, counts
+    pairs = np.unique((row.astype(np.uint64) << np.uint64(32)) | rank[inverse.reshape(-1)])
+    del row, inverse, rank
+    rows = (pairs >> np.uint64(32)).astype(np.int64)
+    ranks = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del pairs
+    size = np.bincount(rows, minlength=len(keys))
+    # the least overlap a pair at threshold can have, rounded down a hair (a longer prefix is always safe)
+    least = np.maximum(np.ceil(threshold * size - 1e-6), 1).astype(np.int64)
+    indptr = np.concatenate(([0], np.cumsum(size)))
+    keep = (np.arange(len(rows)) - indptr[rows] < (size - least + 1)[rows]) & (ranks >= singletons)
+    rows, ranks = rows[keep], ranks[keep]
+    return np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(keys))))), ranks
+
+
 def near_duplicates(
     keys: list[str],
     ngram: int,
@@ -123,39 +184,59 @@ def near_duplicates(
     seed: int = 1,
     recall: float = 0.99,
     recall_margin: float = 0.03,
+    bucket_cap: int = 32,
+    chunk_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
 
-    MinHash signatures over character n-grams (bit for bit datasketch's) are cut into LSH bands chosen for
-    recall (lsh_bands); rows that share a band are candidates, and each candidate is confirmed with the
-    exact Jaccard of the two n-gram sets, so false candidates drop nothing. A record is compared with
-    earlier kept records only, so the first of each group stays. The band index is a dict per band rather
-    than datasketch's MinHashLSH, whose per-row byte swapping and storage calls took 10 of 16 s at 100k rows.
+    A record is a near-duplicate of an earlier kept record when the two are LSH candidates (MinHash
+    signatures over character n-grams, bit for bit datasketch's, cut into bands chosen for recall:
+    lsh_bands; candidates share a band) and the exact Jaccard of their n-gram sets is >= threshold; of
+    several, the highest Jaccard (the earliest on a tie). A record is compared with earlier kept records
+    only, so the first of each group stays.
+
+    Which kept records to compare comes from an exact similarity join (similarity_prefixes), not from the
+    band buckets: a bucket of near-alike texts (one answer in many rounds) grows with the input, and
+    comparing each row with all of it made the stage quadratic. The prefixes find every kept record at
+    Jaccard >= threshold and few others; of those, the ones that share a band count, so the verdicts are
+    exactly those of comparing every LSH candidate.
     """
     signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     bands, rows = lsh_bands(threshold, num_perm, recall, recall_margin)
-    index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
+    band = band_keys(signatures, bands, rows)
+    del signatures
+    indptr, prefix = similarity_prefixes(keys, ngram, threshold)
     # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
     # cache holds the texts that keep turning up as candidates
     grams = lru_cache(maxsize=1 << 16)(lambda j: shingles(keys[j], ngram))
+    postings: dict[int, list[int]] = {}
     dups: dict[int, tuple[int, float]] = {}
-    for i, row_keys in enumerate(band_keys(signatures, bands, rows).tolist()):
-        candidates: set[int] = set()
-        for band, key in zip(index, row_keys, strict=True):
-            hit = band.get(key)
-            if hit is not None:
-                candidates.update(hit)
-        best: tuple[int, float] | None = None
-        if candidates:
-            mine = shingles(keys[i], ngram)
-            for j in sorted(candidates):
-                theirs = grams(j)
-                jac = len(mine & theirs) / len(mine | theirs)
-                if jac >= threshold and (best is None or jac > best[1]):
-                    best = (j, jac)
-        if best is not None:
-            dups[i] = best
-        else:
-            for band, key in zip(index, row_keys, strict=True):
-                band.setdefault(key, []).append(i)
+    for lo in range(0, len(keys), chunk_rows):
+        hi = min(lo + chunk_rows, len(keys))
+        bounds = (indptr[lo : hi + 1] - indptr[lo]).tolist()
+        mine_all = prefix[indptr[lo] : indptr[hi]].tolist()
+        for i in range(lo, hi):
+            own = mine_all[bounds[i - lo] : bounds[i - lo + 1]]
+            candidates: set[int] = set()
+            for gram in own:
+                hit = postings.get(gram)
+                if hit is not None:
+                    candidates.update(hit)
+            best: tuple[int, float] | None = None
+            if candidates:
+                mine = shingles(keys[i], ngram)
+                size = len(mine)
+                for j in sorted(candidates):
+                    theirs = grams(j)
+                    common = len(mine & theirs)
+                    jac = common / (size + len(theirs) - common)
+                    if jac >= threshold and (best is None or jac > best[1]) and (band[i] == band[j]).any():
+                        best = (j, jac)
+            if best is not None:
+                dups[i] = best
+            else:
+                for gram in own:
+                    hit = postings.setdefault(gram, [])
+                    if len(hit) < bucket_cap:
+                        hit.append(i)
     return dups
