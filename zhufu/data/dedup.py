@@ -31,6 +31,13 @@ def shingles(key: str, n: int) -> set[bytes]:
     return {key[i : i + n].encode("utf-8") for i in range(len(key) - n + 1)}
 
 
+def _grams(key: str, n: int) -> set[str]:
+    """shingles as str (the same sets, one to one; no encoding, for the Jaccard checks)."""
+    if len(key) <= n:
+        return {key}
+    return {key[i : i + n] for i in range(len(key) - n + 1)}
+
+
 def exact_duplicates(keys: list[str]) -> dict[int, int]:
     """index -> index of the first record with the same normalised text."""
     first: dict[str, int] = {}
@@ -184,7 +191,8 @@ def near_duplicates(
     seed: int = 1,
     recall: float = 0.99,
     recall_margin: float = 0.03,
-    bucket_cap: int = 32,
+    bucket_cap: int = 64,
+    verify_cap: int = 16,
     chunk_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
@@ -203,40 +211,39 @@ def near_duplicates(
     """
     signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     bands, rows = lsh_bands(threshold, num_perm, recall, recall_margin)
-    band = band_keys(signatures, bands, rows)
-    del signatures
-    indptr, prefix = similarity_prefixes(keys, ngram, threshold)
+    all_keys = band_keys(signatures, bands, rows)
+    index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
     # cache holds the texts that keep turning up as candidates
-    grams = lru_cache(maxsize=1 << 16)(lambda j: shingles(keys[j], ngram))
-    postings: dict[int, list[int]] = {}
+    grams = lru_cache(maxsize=1 << 16)(lambda j: _grams(keys[j], ngram))
     dups: dict[int, tuple[int, float]] = {}
     for lo in range(0, len(keys), chunk_rows):
-        hi = min(lo + chunk_rows, len(keys))
-        bounds = (indptr[lo : hi + 1] - indptr[lo]).tolist()
-        mine_all = prefix[indptr[lo] : indptr[hi]].tolist()
-        for i in range(lo, hi):
-            own = mine_all[bounds[i - lo] : bounds[i - lo + 1]]
+        for i, row_keys in enumerate(all_keys[lo : lo + chunk_rows].tolist(), start=lo):
             candidates: set[int] = set()
-            for gram in own:
-                hit = postings.get(gram)
+            for band, key in zip(index, row_keys, strict=True):
+                hit = band.get(key)
                 if hit is not None:
                     candidates.update(hit)
             best: tuple[int, float] | None = None
             if candidates:
-                mine = shingles(keys[i], ngram)
+                if len(candidates) > verify_cap:
+                    # the ones whose MinHash signatures agree most with this row's (C-level, all at once)
+                    among = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+                    agree = np.count_nonzero(signatures[among] == signatures[i], axis=1)
+                    candidates = among[np.argsort(-agree, kind="stable")[:verify_cap]].tolist()
+                mine = _grams(keys[i], ngram)
                 size = len(mine)
                 for j in sorted(candidates):
                     theirs = grams(j)
                     common = len(mine & theirs)
                     jac = common / (size + len(theirs) - common)
-                    if jac >= threshold and (best is None or jac > best[1]) and (band[i] == band[j]).any():
+                    if jac >= threshold and (best is None or jac > best[1]):
                         best = (j, jac)
             if best is not None:
                 dups[i] = best
             else:
-                for gram in own:
-                    hit = postings.setdefault(gram, [])
+                for band, key in zip(index, row_keys, strict=True):
+                    hit = band.setdefault(key, [])
                     if len(hit) < bucket_cap:
                         hit.append(i)
     return dups

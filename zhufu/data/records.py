@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -145,6 +146,85 @@ def validate_records(records: Any, source: str | Path) -> list[dict]:
         if error is not None:
             raise DataError(f"{source}: record {i}: {error.message}{_where(error)}")
     return records
+
+
+_UNSHARED = frozenset({"id", "output"})  # values unique to each record: not worth a memo entry
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _shared(value: Any, memo: dict, key: str | None = None) -> Any:
+    """`value` with its dict keys and strings replaced by equal ones seen before (JSON decoding makes a new
+    string for each: a million records held a million copies of each key, prompt and system prompt)."""
+    cls = value.__class__
+    if cls is dict:
+        return {memo.setdefault(k, k): _shared(v, memo, k) for k, v in value.items()}
+    if cls is list:
+        return [_shared(v, memo, key) for v in value]
+    if cls is str and key not in _UNSHARED:
+        return memo.setdefault(value, value)
+    return value
+
+
+def read_records(path: str | Path, chunk_chars: int = 1 << 22) -> list:
+    """A JSON file of records (validated: validate_records), read one element at a time with equal strings
+    shared between records, so that peak memory is the records', not the file's text and the records'.
+    Anything but a well-formed JSON list is read again whole (read_json), for its usual one-line error."""
+    p = Path(path)
+    decode = json.JSONDecoder().raw_decode
+    memo: dict[str, str] = {}
+    records: list = []
+    try:
+        with open(p, encoding="utf-8") as fh:
+            buf, pos, eof = "", 0, False
+
+            def more() -> None:
+                nonlocal buf, pos, eof
+                chunk = fh.read(chunk_chars)
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+
+            more()
+            pos = _SPACE.match(buf, pos).end()
+            if buf[pos : pos + 1] != "[":
+                return validate_records(read_json(p), p)
+            pos = _SPACE.match(buf, pos + 1).end()
+            while pos == len(buf) and not eof:
+                more()
+                pos = _SPACE.match(buf, pos).end()
+            if buf[pos : pos + 1] == "]":
+                pos += 1
+            else:
+                while True:
+                    try:
+                        value, end = decode(buf, pos)
+                    except json.JSONDecodeError:
+                        if eof:
+                            return validate_records(read_json(p), p)
+                        more()
+                        pos = _SPACE.match(buf, pos).end()
+                        continue
+                    if end == len(buf) and not eof:  # a number or literal may go on in the next chunk
+                        more()
+                        continue
+                    records.append(_shared(value, memo))
+                    pos = _SPACE.match(buf, end).end()
+                    while pos == len(buf) and not eof:
+                        more()
+                        pos = _SPACE.match(buf, pos).end()
+                    sep = buf[pos : pos + 1]
+                    if sep == "]":
+                        pos += 1
+                        break
+                    if sep != ",":
+                        return validate_records(read_json(p), p)
+                    pos = _SPACE.match(buf, pos + 1).end()
+            while not eof:
+                more()
+            if _SPACE.match(buf, pos).end() != len(buf):  # extra data after the list
+                return validate_records(read_json(p), p)
+    except (OSError, UnicodeDecodeError):
+        return validate_records(read_json(p), p)
+    return validate_records(records, p)
 
 
 def read_rows(path: str | Path) -> Any:
