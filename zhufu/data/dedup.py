@@ -132,7 +132,7 @@ def near_duplicates(
     recall: float = 0.99,
     recall_margin: float = 0.03,
     bucket_cap: int = 64,
-    verify_cap: int = 16,
+    verify_cap: int = 32,
     chunk_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
