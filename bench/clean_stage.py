@@ -18,7 +18,8 @@ report's dropped ids with their rules (and which duplicates each near-duplicate 
 
 Peak memory is the child's ru_maxrss (resource.getrusage(RUSAGE_CHILDREN) after it ends; the record rules'
 workers are children of the child, and their peak counts when it is larger). Wall time varies with other
-work on the machine: the load average is printed, and the old and new code run one after the other.
+work on the machine: the load average is printed, CPU seconds (the child's and its workers') beside wall time,
+and the old and new code run one after the other.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def run_clean(code: Path, merged: Path, out: Path) -> dict:
         "print(json.dumps({'rc': r.returncode, 'wall_s': dt, 'cpu_s': u.ru_utime + u.ru_stime,\n"
         "                  'peak_mib': u.ru_maxrss / 1024, 'stdout': r.stdout, 'stderr': r.stderr[-2000:]}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, cwd=code)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, cwd=code
+    )
     result = json.loads(done.stdout)
     if result["rc"] != 0:
         raise SystemExit(f"zhufu clean failed with {code}:\n{result['stderr']}")
@@ -150,15 +153,20 @@ def main() -> None:
             table[name][n] = r
             print(f"  {name:>8}: {r['wall_s']:7.1f} s wall, {r['cpu_s']:7.1f} CPU-s, {n / r['wall_s']:9,.0f} rows/s, "
                   f"peak {r['peak_mib'] / 1024:5.2f} GiB; {r['stdout'].strip()}")  # fmt: skip
-    print(f"\n{'records':>10} " + " ".join(f"{name + ' s':>10} {'rows/s':>9} {'GiB':>5} {'time ×':>7}" for name in codes)
+    print(f"\n{'records':>10} " + " ".join(f"{name + ' s':>10} {'CPU-s':>7} {'rows/s':>9} {'GiB':>5} {'time ×':>7} {'CPU ×':>6}" for name in codes)
           + f" {'rows ×':>7}")  # fmt: skip
     for k, n in enumerate(sizes):
         cells = []
         for name in codes:
             r = table[name][n]
             prev = table[name][sizes[k - 1]] if k else None
-            growth = f"{r['wall_s'] / prev['wall_s']:7.1f}" if prev else f"{'':>7}"
-            cells.append(f"{r['wall_s']:>10.1f} {n / r['wall_s']:>9,.0f} {r['peak_mib'] / 1024:>5.2f} {growth}")
+            growth = (
+                f"{r['wall_s'] / prev['wall_s']:7.1f} {r['cpu_s'] / prev['cpu_s']:6.1f}"
+                if prev
+                else f"{'':>14}"
+            )
+            cells.append(f"{r['wall_s']:>10.1f} {r['cpu_s']:>7.1f} {n / r['wall_s']:>9,.0f} {r['peak_mib'] / 1024:>5.2f} "
+                         f"{growth}")  # fmt: skip
         print(f"{n:>10,} " + " ".join(cells) + (f" {n / sizes[k - 1]:>7.0f}" if k else f" {'':>7}"))
     if len(codes) == 2:
         old, new = codes
