@@ -12,11 +12,11 @@ from pathlib import Path
 from zhufu.config import load_config
 from zhufu.data.card import provenance_from_config, write_card
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
-from zhufu.data.records import validate_records
+from zhufu.data.records import read_records
 from zhufu.data.rules import ALL_RULES, rewritten_input, rule_set_rules
 from zhufu.data.verdicts import record_verdicts
 from zhufu.grid import load_suitability
-from zhufu.io import read_json, write_json
+from zhufu.io import write_json
 from zhufu.model.review import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.text import count_chars
 
@@ -267,7 +267,7 @@ def clean(
 ) -> dict:
     """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
     is the review decisions file (zhufu.model.review), applied after the rules."""
-    records = validate_records(read_json(merged), merged)
+    records = read_records(merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
     kept, report = clean_records(
         records,

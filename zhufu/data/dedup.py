@@ -1,7 +1,8 @@
 """The set rules of cleaning: exact and near-duplicate texts, found on a normalised key of each text.
 
 The first record of each group stays, in merged order. Near duplicates are found with MinHash LSH over
-character n-grams, banded for recall (lsh_bands), and confirmed with the exact Jaccard of the two n-gram sets.
+character n-grams, banded for recall (lsh_bands), and confirmed with the exact Jaccard of the two n-gram sets;
+the candidates of a row are capped, so the work grows with the rows, not with rows times bucket sizes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def shingles(key: str, n: int) -> set[bytes]:
     if len(key) <= n:
         return {key.encode("utf-8")}
     return {key[i : i + n].encode("utf-8") for i in range(len(key) - n + 1)}
+
+
+def _grams(key: str, n: int) -> set[str]:
+    """shingles as str (the same sets, one to one; no encoding, for the Jaccard checks)."""
+    if len(key) <= n:
+        return {key}
+    return {key[i : i + n] for i in range(len(key) - n + 1)}
 
 
 def exact_duplicates(keys: list[str]) -> dict[int, int]:
@@ -123,39 +131,60 @@ def near_duplicates(
     seed: int = 1,
     recall: float = 0.99,
     recall_margin: float = 0.03,
+    bucket_cap: int = 64,
+    verify_cap: int = 32,
+    chunk_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
 
     MinHash signatures over character n-grams (bit for bit datasketch's) are cut into LSH bands chosen for
-    recall (lsh_bands); rows that share a band are candidates, and each candidate is confirmed with the
-    exact Jaccard of the two n-gram sets, so false candidates drop nothing. A record is compared with
-    earlier kept records only, so the first of each group stays. The band index is a dict per band rather
-    than datasketch's MinHashLSH, whose per-row byte swapping and storage calls took 10 of 16 s at 100k rows.
+    recall (lsh_bands); rows that share a band are candidates, and a candidate is confirmed with the exact
+    Jaccard of the two n-gram sets, so false candidates drop nothing. A record is compared with earlier kept
+    records only, so the first of each group stays; of several at threshold, the highest Jaccard (the
+    earliest on a tie). The band index is a dict per band rather than datasketch's MinHashLSH, whose per-row
+    byte swapping and storage calls took 10 of 16 s at 100k rows.
+
+    Bounded work per row, so the stage grows with its input: a bucket holds at most `bucket_cap` kept rows
+    (one answer in many near-alike forms fills its buckets, and comparing each row with all of them made
+    the stage quadratic), and of more than `verify_cap` candidates only the `verify_cap` whose signatures
+    agree most with the row's (all compared at once in numpy) are verified exactly. Below the caps this is
+    the full comparison with every LSH candidate.
     """
     signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     bands, rows = lsh_bands(threshold, num_perm, recall, recall_margin)
+    all_keys = band_keys(signatures, bands, rows)
     index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
     # cache holds the texts that keep turning up as candidates
-    grams = lru_cache(maxsize=1 << 16)(lambda j: shingles(keys[j], ngram))
+    grams = lru_cache(maxsize=1 << 16)(lambda j: _grams(keys[j], ngram))
     dups: dict[int, tuple[int, float]] = {}
-    for i, row_keys in enumerate(band_keys(signatures, bands, rows).tolist()):
-        candidates: set[int] = set()
-        for band, key in zip(index, row_keys, strict=True):
-            hit = band.get(key)
-            if hit is not None:
-                candidates.update(hit)
-        best: tuple[int, float] | None = None
-        if candidates:
-            mine = shingles(keys[i], ngram)
-            for j in sorted(candidates):
-                theirs = grams(j)
-                jac = len(mine & theirs) / len(mine | theirs)
-                if jac >= threshold and (best is None or jac > best[1]):
-                    best = (j, jac)
-        if best is not None:
-            dups[i] = best
-        else:
+    for lo in range(0, len(keys), chunk_rows):
+        for i, row_keys in enumerate(all_keys[lo : lo + chunk_rows].tolist(), start=lo):
+            candidates: set[int] = set()
             for band, key in zip(index, row_keys, strict=True):
-                band.setdefault(key, []).append(i)
+                hit = band.get(key)
+                if hit is not None:
+                    candidates.update(hit)
+            best: tuple[int, float] | None = None
+            if candidates:
+                if len(candidates) > verify_cap:
+                    # the ones whose MinHash signatures agree most with this row's (C-level, all at once)
+                    among = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+                    agree = np.count_nonzero(signatures[among] == signatures[i], axis=1)
+                    candidates = among[np.argsort(-agree, kind="stable")[:verify_cap]].tolist()
+                mine = _grams(keys[i], ngram)
+                size = len(mine)
+                for j in sorted(candidates):
+                    theirs = grams(j)
+                    common = len(mine & theirs)
+                    jac = common / (size + len(theirs) - common)
+                    if jac >= threshold and (best is None or jac > best[1]):
+                        best = (j, jac)
+            if best is not None:
+                dups[i] = best
+            else:
+                for band, key in zip(index, row_keys, strict=True):
+                    hit = band.setdefault(key, [])
+                    if len(hit) < bucket_cap:
+                        hit.append(i)
     return dups

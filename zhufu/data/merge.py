@@ -6,9 +6,9 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from zhufu.data.records import validate_records
+from zhufu.data.records import read_records
 from zhufu.errors import DataError
-from zhufu.io import read_json, write_json
+from zhufu.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def merge(paths: Iterable[str | Path], out: str | Path) -> list[dict]:
     merged: list[dict] = []
     seen: dict[str, tuple[Path, int]] = {}
     for path in shard_files(paths):
-        records = validate_records(read_json(path), path)
+        records = read_records(path)
         for i, record in enumerate(records):
             other = seen.get(record["id"])
             if other is not None:

@@ -1,0 +1,220 @@
+"""The parts that keep the clean stage linear (issue 24): the compiled record check, the streamed reader and
+the capped near-dedup, each against an oracle that does not use it (jsonschema, json.loads, brute force)."""
+
+import copy
+import json
+import random
+from unittest import mock
+
+import jsonschema
+import pytest
+import yaml
+from helpers import ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zhufu.data.dedup import lsh_bands, near_duplicates
+from zhufu.data.records import read_records, record_check, validate_records
+from zhufu.errors import DataError
+
+SCHEMA = yaml.safe_load((ROOT / "schemas" / "record.schema.yaml").read_text(encoding="utf-8"))
+JSONSCHEMA = jsonschema.Draft202012Validator(SCHEMA)
+GOOD = {
+    "id": "a1",
+    "conversation": [{"system": "S", "input": "祝姐姐生日", "output": "生日快乐！"}],
+    "meta": {"recipient": "姐姐", "scene": "生日", "style": "正常", "round": 0, "provider": "offline",
+             "model": "m", "prompt": "p", "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+}  # fmt: skip
+ODD_VALUES = [None, True, False, 0, -1, 1.0, 2.5, "", "x", [], [{}], {}, {"x": 1}, -0.5]
+
+
+def paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from paths(v, (*prefix, i))
+
+
+@st.composite
+def mutated_records(draw):
+    """A valid record with a few keys deleted, replaced by odd values, or added."""
+    record = copy.deepcopy(GOOD)
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.sampled_from(list(paths(record))[1:]))
+        parent = record
+        for step in where[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["delete", "replace", "add"]))
+        if action == "delete" and isinstance(parent, dict):
+            del parent[where[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.sampled_from(["extra", "rule_set", "usage", "id"]))] = draw(
+                st.sampled_from(ODD_VALUES)
+            )
+        else:
+            parent[where[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
+    return record
+
+
+def jsonschema_message(record):
+    """The first error as validate_records words it, computed with jsonschema alone."""
+    errors = sorted(JSONSCHEMA.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return None
+    path = "/".join(str(p) for p in errors[0].absolute_path)
+    return f"f.json: record 1: {errors[0].message}" + (f" (at {path})" if path else "")
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated_records())
+def test_the_compiled_check_passes_only_records_jsonschema_accepts_and_errors_are_its_own(record):
+    expected = jsonschema_message(record)
+    if record_check()(record):
+        assert expected is None, expected
+    if expected is None:
+        assert validate_records([GOOD, record], "f.json")[1] is record
+    else:
+        with pytest.raises(DataError) as e:
+            validate_records([GOOD, record], "f.json")
+        assert str(e.value) == expected
+
+
+def test_the_compiled_check_passes_the_common_shape():
+    # the fast path is taken (else it would not be one): a valid record never reaches jsonschema
+    assert record_check()(GOOD)
+    assert record_check()({**GOOD, "meta": {**GOOD["meta"], "rule_set": None, "usage": None, "prompt": None}})
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.text('ab祝🎂\n"\\ ', max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("ab", max_size=2), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.just(GOOD) | JSON_VALUES, max_size=5),
+    st.sampled_from([None, 0, 1, 2]),
+    st.integers(1, 40),
+    st.integers(0, 200),
+    st.booleans(),
+)
+def test_the_streamed_reader_reads_what_json_loads_reads(
+    tmp_path_factory, value, indent, chunk, cut, truncate
+):
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    if truncate:
+        text = text[: cut % (len(text) + 1)]
+    path = tmp_path_factory.mktemp("r") / "m.json"
+    path.write_text(text, encoding="utf-8")
+    try:
+        expected = json.loads(text)
+    except json.JSONDecodeError as e:
+        expected = DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+    if not isinstance(expected, Exception):
+        try:
+            validate_records(expected, path)
+        except DataError as e:
+            expected = e
+    if isinstance(expected, Exception):
+        with pytest.raises(DataError) as e:
+            read_records(path, chunk_chars=chunk)
+        assert str(e.value) == str(expected)
+    else:  # a well-formed list is streamed, never read whole
+        with mock.patch("zhufu.data.records.read_json", side_effect=AssertionError("read whole")):
+            assert read_records(path, chunk_chars=chunk) == expected
+
+
+def test_the_streamed_reader_shares_equal_strings_between_records(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps([GOOD, {**GOOD, "id": "b"}]), encoding="utf-8")
+    a, b = read_records(path, chunk_chars=7)
+    assert a["meta"]["prompt"] is b["meta"]["prompt"] and a == GOOD and b["id"] == "b"
+
+
+# ---- near-dedup against brute force
+
+
+def grams(text, n=3):
+    return {text[i : i + n] for i in range(len(text) - n + 1)} if len(text) > n else {text}
+
+
+def oracle(texts, threshold=0.8, num_perm=64, seed=1):
+    """Greedy near-dedup in full: each text against every earlier kept text that shares an LSH band
+    (datasketch's own MinHash), dropped at the best exact Jaccard >= threshold (the earliest on a tie)."""
+    import xxhash
+    from datasketch import MinHash
+
+    bands, rows = lsh_bands(threshold, num_perm)
+    sigs = []
+    for t in texts:
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxhash.xxh32_intdigest)
+        m.update_batch([g.encode() for g in grams(t)])
+        sigs.append([tuple(m.hashvalues[b * rows : (b + 1) * rows]) for b in range(bands)])
+    kept, dups = [], {}
+    for i, t in enumerate(texts):
+        best = None
+        for j in kept:
+            if any(a == b for a, b in zip(sigs[i], sigs[j], strict=True)):
+                jac = len(grams(t) & grams(texts[j])) / len(grams(t) | grams(texts[j]))
+                if jac >= threshold and (best is None or jac > best[1]):
+                    best = (j, jac)
+        if best:
+            dups[i] = best
+        else:
+            kept.append(i)
+    return dups
+
+
+@st.composite
+def near_alike_texts(draw):
+    """A few base texts and many copies of them with a character or two changed, inserted or appended."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    bases = ["".join(rng.choice("祝你生日快乐新年万事如意心想事成步步高升") for _ in range(rng.randint(3, 30)))
+             for _ in range(draw(st.integers(1, 4)))]  # fmt: skip
+    texts = []
+    for _ in range(draw(st.integers(1, 40))):
+        chars = list(rng.choice(bases))
+        for _ in range(rng.randint(0, 2)):
+            chars.insert(rng.randint(0, len(chars)), rng.choice("的了呀哦啦"))
+        texts.append("".join(chars))
+    return texts
+
+
+@settings(max_examples=60, deadline=None)
+@given(near_alike_texts())
+def test_near_dedup_below_its_caps_keeps_what_brute_force_keeps(texts):
+    assert near_duplicates(texts, 3, 0.8, 64, bucket_cap=10**6, verify_cap=10**6) == oracle(texts)
+    found = near_duplicates(texts, 3, 0.8, 64)  # the default caps: these inputs stay below them
+    assert found == oracle(texts)
+
+
+@settings(max_examples=30, deadline=None)
+@given(near_alike_texts(), st.integers(1, 3), st.integers(1, 3))
+def test_capped_near_dedup_drops_only_texts_with_a_kept_near_twin(texts, bucket_cap, verify_cap):
+    found = near_duplicates(texts, 3, 0.8, 64, bucket_cap=bucket_cap, verify_cap=verify_cap)
+    for i, (j, jac) in found.items():
+        assert j < i and j not in found
+        assert len(grams(texts[i]) & grams(texts[j])) / len(grams(texts[i]) | grams(texts[j])) == jac >= 0.8
+
+
+def test_capped_near_dedup_still_finds_the_closest_twin_in_a_full_bucket():
+    """200 near-alike texts fill their buckets; a later exact copy of the last kept one (Jaccard 1) must
+    still be found through the signature ranking, not lost behind the bucket cap."""
+    rng = random.Random(5)
+    base = [chr(0x4E00 + rng.randrange(3000)) for _ in range(40)]
+    texts = []
+    for _ in range(200):
+        t = list(base)
+        for _ in range(3):
+            t.insert(rng.randint(0, len(t)), chr(0x4E00 + rng.randrange(3000)))
+        texts.append("".join(t))
+    texts.append(texts[3] + "的")
+    full = near_duplicates(texts, 3, 0.8, 64, bucket_cap=10**6, verify_cap=10**6)
+    found = near_duplicates(texts, 3, 0.8, 64, bucket_cap=64, verify_cap=4)
+    assert len(texts) - len(full) > 64  # more kept texts than a bucket holds: the caps are reached
+    assert 200 in found and found[200][1] >= 0.9
