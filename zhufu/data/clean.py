@@ -11,13 +11,13 @@ from pathlib import Path
 
 from zhufu.config import load_config
 from zhufu.data.card import provenance_from_config, write_card
+from zhufu.data.decisions import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import validate_records
 from zhufu.data.rules import ALL_RULES, rewritten_input, rule_set_rules
 from zhufu.data.verdicts import record_verdicts
 from zhufu.grid import load_suitability
 from zhufu.io import read_json, write_json
-from zhufu.model.review import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.text import count_chars
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def clean_records(
     workers: int | None = None,
     decisions: dict[str, dict] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Apply the cleaning rules, then the review decisions (zhufu.model.review). Returns the kept records
+    """Apply the cleaning rules, then the review decisions (zhufu.data.decisions). Returns the kept records
     (with meta) and the report."""
     changes = Changes()
     by_set = rules_by_set(records, rules)
@@ -266,7 +266,7 @@ def clean(
     decisions: str | Path | None = None,
 ) -> dict:
     """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
-    is the review decisions file (zhufu.model.review), applied after the rules."""
+    is the review decisions file (zhufu.data.decisions), applied after the rules."""
     records = validate_records(read_json(merged), merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
     kept, report = clean_records(
