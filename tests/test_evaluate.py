@@ -5,7 +5,6 @@ import json
 import pytest
 
 from zhufu.config import load_config
-from zhufu.data.figures import loss_figure, read_scalars
 from zhufu.errors import ConfigError
 from zhufu.grid import cells, held_out, holdout_pairs, iter_cells, load_suitability
 from zhufu.model.evaluate import (
@@ -18,6 +17,7 @@ from zhufu.model.evaluate import (
     table_markdown,
     write_results,
 )
+from zhufu.train.loss import loss_figure, read_scalars
 
 CONFIG = load_config()
 MATRIX = load_suitability(CONFIG["grid"]["suitability"])

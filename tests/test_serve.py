@@ -14,7 +14,7 @@ import pytest
 from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, greedy_answer
 
 from zhufu.config import load_config
-from zhufu.data.figures import FONT_PATH
+from zhufu.fonts import FONT_PATH
 from zhufu.model.chat import load_chat_model
 from zhufu.model.serve import MAX_BODY_BYTES, make_server, page_html
 from zhufu.train.base_model import build_tiny_model

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from zhufu.config import RESOURCES, load_config, package_file
-from zhufu.data.figures import font_face_css
 from zhufu.data.importing import parse_input
 from zhufu.data.records import read_rows
 from zhufu.data.rules import RuleContext, rule_honorific
 from zhufu.data.verdicts import apply_record_rules
 from zhufu.errors import ConfigError
+from zhufu.fonts import font_face_css
 from zhufu.grid import Cell, cell_rng, held_out, load_suitability, training_input
 from zhufu.io import read_json, write_json, write_jsonl, write_text
 from zhufu.model.chat import load_chat_model, reply

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from zhufu.data.decisions import DECISIONS, load_decisions, record_text, review_rows, save_decision
-from zhufu.data.figures import FONT_PATH
 from zhufu.errors import DataError
+from zhufu.fonts import FONT_PATH
 from zhufu.io import read_json
 from zhufu.model.serve import serve_until_interrupted
 

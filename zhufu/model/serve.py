@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from zhufu.config import load_config
-from zhufu.data.figures import FONT_PATH
+from zhufu.fonts import FONT_PATH
 from zhufu.model.chat import load_chat_model, reply, reply_stream
 
 log = logging.getLogger(__name__)
