@@ -30,7 +30,7 @@ from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.progress import RunProgress
 from zhufu.generate.providers import CallError, make_provider, resolve_api_key
 from zhufu.io import atomic_path, write_jsonl
-from zhufu.teacher import running_teacher
+from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger("zhufu.generate")
 

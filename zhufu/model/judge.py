@@ -44,7 +44,7 @@ from zhufu.generate.providers import (
 )
 from zhufu.io import write_json, write_jsonl, write_text
 from zhufu.model.summary import summarise, table_html, table_markdown
-from zhufu.teacher import running_teacher
+from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger(__name__)
 
