@@ -9,8 +9,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zhufu.config import load_config
-from zhufu.data.card import provenance_from_config, write_card
+from zhufu.config import load_config, provenance_from_config
+from zhufu.data.card import write_card
 from zhufu.data.decisions import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import validate_records
