@@ -14,7 +14,7 @@ from zhufu.data.card import write_card
 from zhufu.data.decisions import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import validate_records
-from zhufu.data.rules import ALL_RULES, rewritten_input, rule_set_rules
+from zhufu.data.rules import ALL_RULES, rewritten_input, rules_by_set
 from zhufu.data.verdicts import record_verdicts
 from zhufu.grid import load_suitability
 from zhufu.io import read_json, write_json
@@ -28,14 +28,8 @@ def _rule_meta(meta: dict) -> dict:
     return {k: meta.get(k) for k in keys}
 
 
-def rules_by_set(records: list[dict], rules: dict) -> dict:
-    """None (records of no rule set) and each rule set the records name -> its rules."""
-    by_set = {None: rules}
-    for r in records:
-        name = r["meta"].get("rule_set")
-        if name not in by_set:
-            by_set[name] = rule_set_rules(rules, name)
-    return by_set
+def _record_rule_sets(records: list[dict]) -> list:
+    return [r["meta"].get("rule_set") for r in records]
 
 
 @dataclass
@@ -80,8 +74,8 @@ def clean_records(
     """Apply the cleaning rules, then the review decisions (zhufu.data.decisions). Returns the kept records
     (with meta) and the report."""
     changes = Changes()
-    by_set = rules_by_set(records, rules)
-    survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
+    by_set = rules_by_set(rules, _record_rule_sets(records))
+    survivors = surviving_records(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
     gone = drop_duplicates(survivors, rules, changes, by_set)
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
@@ -89,7 +83,7 @@ def clean_records(
     return kept, _report(records, kept, rules, changes, by_set)
 
 
-def apply_record_rules(
+def surviving_records(
     records: list[dict],
     rules: dict,
     styles: dict,
@@ -101,7 +95,7 @@ def apply_record_rules(
 ) -> list[dict]:
     """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
     record gets the rules of its rule set (meta.rule_set), if it names one."""
-    by_set = rules_by_set(records, rules)
+    by_set = rules_by_set(rules, _record_rule_sets(records))
     items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
     verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
     survivors: list[dict] = []

@@ -5,7 +5,7 @@ training (zhufu.grid.holdout_pairs), written as a user would (the training input
 evaluation inputs (`evaluate.inputs`). Each input is answered `evaluate.samples` times at the seed's
 temperature (0.7) with a fixed seed per (input, sample), or once greedily (`evaluate.decoding: greedy`).
 
-Metrics, per style and model, with the cleaner's own functions (zhufu.cleaning), so "length" and "emoji"
+Metrics, per style and model, with the cleaner's own functions (zhufu.data.rules, zhufu.data.verdicts), so "length" and "emoji"
 mean what they mean in cleaning:
 - `length_band`: share of answers whose length (count_chars) is inside the style's band;
 - `emoji_band`: share inside the style's emoji band (count_emoji; styles without a band are not scored);
@@ -36,7 +36,7 @@ from zhufu.config import RESOURCES, load_config, package_file
 from zhufu.data.importing import parse_input
 from zhufu.data.records import read_rows
 from zhufu.data.rules import RuleContext, rule_honorific
-from zhufu.data.verdicts import apply_record_rules
+from zhufu.data.verdicts import record_verdict
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, cell_rng, held_out, load_suitability, training_input
 from zhufu.io import read_json, write_json, write_jsonl, write_text
@@ -157,7 +157,7 @@ def score_answer(text: str, item: dict, config: dict, words: dict | None = None)
         name: ({**cfg, "enabled": name in FORM_RULES} if isinstance(cfg, dict) else cfg)
         for name, cfg in config["clean"].items()
     }
-    verdict = apply_record_rules(text, {"style": item.get("style")}, rules, RuleContext(config["styles"]))
+    verdict = record_verdict(text, {"style": item.get("style")}, rules, RuleContext(config["styles"]))
     scores["record_rules"] = verdict.dropped is None and not verdict.changes and bool(text.strip())
     return scores
 
