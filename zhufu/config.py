@@ -53,7 +53,7 @@ DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
 # params and in the data hash. Operation is how the answers are fetched (rates, concurrency, retries,
 # timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
 # reads it from the workflow's config at run time (with_operation below), never from params.
-# Every key of the schema's provider block is in exactly one of the two (tests/test_reruns.py checks).
+# Every key of the schema's provider block is in exactly one of the two (tests/workflow/test_reruns.py checks).
 PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens")
 PROVIDER_OPERATION = (
     "api_key_env",

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 import yaml
 import zhipuai
+from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemake.utils import update_config
@@ -34,7 +34,6 @@ from zhufu.teacher.prompt import Ask, parse_prompt
 from zhufu.teacher.server import running_teacher, start_teacher, teacher_stats
 from zhufu.text import EMOJI_RE
 
-ROOT = Path(__file__).resolve().parent.parent
 EMOJI = EMOJI_RE
 # The default grid's generated recipient × scene pairs: 8 × 6, less 5 marked 0 in resources/suitability.csv,
 # less the 9 that grid.holdout keeps out of training for the evaluation.
