@@ -91,6 +91,18 @@ class LocalHandler(BaseHTTPRequestHandler):
         """The request's path without its query string or a trailing slash."""
         return self.path.split("?", 1)[0].rstrip("/") or "/"
 
+    def do_GET(self) -> None:
+        try:
+            self.check_host()
+        except Refused as e:
+            self.refuse(e)
+            return
+        self.get(self.route)
+
+    def get(self, route: str) -> None:
+        """Answer a GET whose Host was checked; a subclass serves its pages here."""
+        self.send_json(HTTPStatus.NOT_FOUND, self.error_body(Refused(HTTPStatus.NOT_FOUND, "no such page")))
+
     # ------------------------------------------------------------------------------------------ replies
 
     def error_body(self, e: Refused) -> dict:

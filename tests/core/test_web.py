@@ -5,12 +5,11 @@ each server must refuse it with the same status, answer within its time-out, and
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, http_exchange
 
 from zhufu.model.review import make_review_server
 from zhufu.model.serve import make_server
@@ -58,36 +57,8 @@ class Target:
         base = {"Host": self.host, "Content-Type": "application/json", "Content-Length": str(len(body))}
         return self.request("POST", self.path, {**base, **headers}, body)
 
-    def exchange(self, raw: bytes, read_timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-        """Send raw bytes; (status, headers, body) once the reply is complete, (0, {}, b'') if none came."""
-        with socket.create_connection(self.srv.server_address[:2], timeout=read_timeout) as sock:
-            sock.sendall(raw)
-            data = b""
-            while True:
-                try:
-                    chunk = sock.recv(65536)
-                except (TimeoutError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                data += chunk
-                head, sep, body = data.partition(b"\r\n\r\n")
-                n = next(
-                    (
-                        int(h.split(b":")[1])
-                        for h in head.split(b"\r\n")
-                        if h.lower().startswith(b"content-length")
-                    ),
-                    None,
-                )
-                if sep and n is not None and len(body) >= n:
-                    break
-        if not data:
-            return 0, {}, b""
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-        return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+    def exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        return http_exchange(self.srv.server_address, raw)
 
     def error(self, body: bytes) -> str:
         err = json.loads(body)["error"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import time
 
 import openai
 import pytest
+from helpers import http_exchange
 
 from zhufu.teacher.prompt import MAX_CHARS_CAP
 from zhufu.teacher.server import TeacherServer
@@ -40,33 +40,9 @@ def exchange(
 ) -> tuple[int, str]:
     """Send raw bytes, read until the server closes or a full response arrives; (status, body) or (0, '')."""
     host, port = server.server_address[:2]
-    with socket.create_connection((host, port), timeout=read_timeout) as sock:
-        sock.sendall(raw.replace(b"Host: HOST", f"Host: {host}:{port}".encode()))
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep:
-                length = next(
-                    (
-                        int(h.split(b":")[1])
-                        for h in head.split(b"\r\n")
-                        if h.lower().startswith(b"content-length")
-                    ),
-                    None,
-                )
-                if length is not None and len(body) >= length:
-                    break
-    if not data:
-        return 0, ""
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body.decode("utf-8", "replace")
+    raw = raw.replace(b"Host: HOST", f"Host: {host}:{port}".encode())
+    status, _, body = http_exchange(server.server_address, raw, read_timeout)
+    return status, body.decode("utf-8", "replace")
 
 
 def post(

@@ -125,22 +125,17 @@ class ReviewHandler(LocalHandler):
 
     server: ReviewServer
 
-    def do_GET(self):
-        try:
-            self.check_host()
-        except Refused as e:
-            self.refuse(e)
-            return
+    def get(self, route: str) -> None:
         srv = self.server
-        if self.path in ("/", "/index.html"):
+        if route in ("/", "/index.html"):
             self.send_page(srv.page)
-        elif self.path == "/font.ttf":
+        elif route == "/font.ttf":
             self.send_body(HTTPStatus.OK, Path(FONT_PATH).read_bytes(), "font/ttf")
-        elif self.path == "/api/records":
+        elif route == "/api/records":
             rows = review_rows(srv.merged, srv.report, load_decisions(srv.decisions_path))
             self.send_json(HTTPStatus.OK, {"records": rows})
         else:
-            self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
+            super().get(route)
 
     def do_POST(self):
         if self.path != "/api/decision":

@@ -190,20 +190,15 @@ class DemoHandler(LocalHandler):
 
     server: DemoServer
 
-    def do_GET(self):
-        try:
-            self.check_host()
-        except Refused as e:
-            self.refuse(e)
-            return
-        if self.path in ("/", "/index.html"):
+    def get(self, route: str) -> None:
+        if route in ("/", "/index.html"):
             self.send_page(self.server.page)
-        elif self.path == "/font.ttf" and self.server.font is not None:
+        elif route == "/font.ttf" and self.server.font is not None:
             self.send_body(HTTPStatus.OK, self.server.font, "font/ttf", {"Cache-Control": "max-age=86400"})
-        elif self.path == "/healthz":
+        elif route == "/healthz":
             self.send_json(HTTPStatus.OK, {"ok": True})
         else:
-            self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
+            super().get(route)
 
     def _request(self) -> dict:
         """The checked JSON body of a POST: {"text", "again", "seed"}."""

@@ -202,22 +202,14 @@ class _Handler(LocalHandler):
             self.server.count("error_count")
         super().refuse(e)
 
-    def do_GET(self) -> None:
-        path = self.route
-        try:
-            self.check_host()
-        except Refused as e:
-            self.refuse(e)
+    def get(self, route: str) -> None:
+        if route in MODELS_PATHS:
+            model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "zhufu"}
+            self.send_json(200, {"object": "list", "data": [model]})
+        elif route in STATS_PATHS:
+            self.send_json(200, self.server.stats())
         else:
-            if path in MODELS_PATHS:
-                model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "zhufu"}
-                self.send_json(200, {"object": "list", "data": [model]})
-            elif path in STATS_PATHS:
-                self.send_json(200, self.server.stats())
-            else:
-                self.send_json(
-                    404, self.error_body(Refused(404, f"no such endpoint: GET {path}", "not_found"))
-                )
+            self.send_json(404, self.error_body(Refused(404, f"no such endpoint: GET {route}", "not_found")))
 
     def do_POST(self) -> None:
         path = self.route
