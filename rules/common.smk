@@ -31,8 +31,7 @@ onstart:
         hide_api_key_from_jobs(config["provider"])
 
 
-import re
-from functools import cache
+from zhufu.codegraph import code_inputs
 
 PACKAGE = Path(workflow.basedir) / "zhufu"
 # The shared core (zhufu/*.py but the CLI): every stage imports it, so it is an input of no rule (see
@@ -42,57 +41,13 @@ CORE = sorted(
 )
 
 
-# `import zhufu.a.b` and `from zhufu.a import b, c` (or a parenthesised list), at the top or in a function. A
-# regex over the text, not ast: parsing every module's syntax tree at each start would slow `snakemake -n`.
-IMPORT_RE = re.compile(
-    r"^[ \t]*(?:import[ \t]+(zhufu[\w.]*)|from[ \t]+(zhufu[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]*))",
-    re.M,
-)
-
-
-@cache
-def _imported_modules(path):
-    """The zhufu modules a Python file imports, as files of the package."""
-    found = set()
-    for m in IMPORT_RE.finditer(Path(path).read_text(encoding="utf-8")):
-        if m[1]:
-            names = [m[1]]
-        else:
-            names = [m[2]] + [
-                f"{m[2]}.{n}" for n in re.findall(r"\w+", m[3]) if n != "as"
-            ]
-        for name in names:
-            parts = name.split(".")
-            for i in range(
-                2, len(parts) + 1
-            ):  # zhufu.a.b runs zhufu/a/__init__.py, then zhufu/a/b.py
-                base = PACKAGE.joinpath(*parts[1:i])
-                for f in (base.with_suffix(".py"), base / "__init__.py"):
-                    if f.is_file():
-                        found.add(f)
-    return frozenset(found)
-
-
-@cache
-def _code(script):
-    todo, seen = [Path(workflow.basedir) / script], set()
-    while todo:
-        for f in _imported_modules(todo.pop()):
-            if (
-                f not in seen and f.parent != PACKAGE
-            ):  # the core stops the walk: it imports no stage
-                seen.add(f)
-                todo.append(f)
-    return sorted(os.path.relpath(f, workflow.basedir) for f in seen)
-
-
 def code(script):
     """The stage modules a rule's script imports, directly or through each other, as the rule's inputs
     (Snakemake's code trigger sees the script, not what it imports): editing a stage's own module reruns
     that stage and what follows it, and nothing before it. The shared core is left out on purpose: an
     edit to zhufu/io.py would otherwise rerun every rule, and on a GPU profile retrain for hours (the
     policy, and how to force a rerun, is in README "Rerunning after edits")."""
-    return _code(script)
+    return code_inputs(script, workflow.basedir)
 
 
 def core_notice():

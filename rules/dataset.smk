@@ -2,15 +2,18 @@
 # Everything the scripts use arrives through params:, so changing a cleaning threshold reruns clean and what
 # follows it, never generation. The code is zhufu/data/.
 
-from zhufu.data.card import provenance_from_config
+# The params are the config views of zhufu/config.py: each names what its rule depends on.
+from zhufu.config import (
+    clean_view,
+    decisions_input,
+    figures_view,
+    import_specs,
+    import_view,
+    suitability_input,
+)
 
 # An import is a path, or {path, rule_set}: its rows are then cleaned with that rule set of clean.rule_sets.
-IMPORTS = {
-    Path(i if isinstance(i, str) else i["path"]).stem: (
-        {"path": i, "rule_set": None} if isinstance(i, str) else {"rule_set": None, **i}
-    )
-    for i in config["clean"]["imports"]
-}
+IMPORTS = import_specs(config)
 IMPORTED = expand("results/raw/imported/{name}.json", name=list(IMPORTS))
 
 
@@ -27,17 +30,8 @@ rule import_data:
     conda:
         "../envs/data.yaml"
     params:
-        parse_config=lambda wc: {
-            **{k: config[k] for k in ("grid", "styles", "system_prompt")},
-            # only this import's rule set, so editing another set or a threshold reruns no import
-            "clean": {
-                "rule_sets": {
-                    k: v
-                    for k, v in config["clean"]["rule_sets"].items()
-                    if k == IMPORTS[wc.name]["rule_set"]
-                }
-            },
-        },
+        # only this import's rule set, so editing another set or a threshold reruns no import
+        parse_config=lambda wc: import_view(config, IMPORTS[wc.name]["rule_set"]),
         rule_set=lambda wc: IMPORTS[wc.name]["rule_set"],
     script:
         "../scripts/import_data.py"
@@ -61,13 +55,9 @@ rule merge:
 rule clean:
     input:
         merged=rules.merge.output.json,
-        suitability=lambda wc: config["grid"]["suitability"] or [],
+        suitability=suitability_input(config),
         # the user's review decisions (zhufu review), once the file exists: a new decision reruns clean
-        decisions=lambda wc: (
-            config["review"]["decisions"]
-            if os.path.exists(config["review"]["decisions"])
-            else []
-        ),
+        decisions=lambda wc: decisions_input(config),
         code=code("scripts/clean.py"),
         schema="schemas/record.schema.yaml",
     output:
@@ -85,12 +75,8 @@ rule clean:
     conda:
         "../envs/data.yaml"
     params:
-        rules=config["clean"],
-        styles=config["styles"],
-        system_prompt=config["system_prompt"],
-        use_suitability=bool(config["grid"]["suitability"]),
-        # provider, model, seed and the hash of the data-shaping config keys, for the card
-        provenance=provenance_from_config(config),
+        # the rules, styles, system prompt, and the card's provenance (the data config's hash)
+        view=clean_view(config),
     script:
         "../scripts/clean.py"
 
@@ -98,7 +84,7 @@ rule clean:
 rule figures:
     input:
         report=rules.clean.output.report,
-        suitability=lambda wc: config["grid"]["suitability"] or [],
+        suitability=suitability_input(config),
         code=code("scripts/figures.py"),
         font="resources/fonts/WenQuanYiMicroHei.ttf",
     output:
@@ -122,8 +108,6 @@ rule figures:
     conda:
         "../envs/data.yaml"
     params:
-        recipients=config["grid"]["recipients"],
-        scenes=config["grid"]["scenes"],
-        styles=config["styles"],
+        view=figures_view(config),
     script:
         "../scripts/figures.py"

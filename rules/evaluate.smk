@@ -1,16 +1,21 @@
-# The evaluation suite (zhufu/evaluate.py): the base and the tuned (merged) model answer the held-out
+# The evaluation suite (zhufu/model/evaluate.py): the base and the tuned (merged) model answer the held-out
 # recipient × scene pairs in every style plus Tianji's inputs, sampled and seeded; style metrics with
 # bootstrap intervals, and the table.
 
 # light: the judge's own modules load only in its job
-from zhufu.config import judge_view  # noqa: E402
+from zhufu.config import (  # noqa: E402
+    cache_path,
+    evaluate_view,
+    judge_view,
+    suitability_input,
+)
 
 
 rule evaluate:
     input:
         base_model=rules.base_model.output.dir,
         merged=rules.merge_model.output.merged,
-        suitability=lambda wc: config["grid"]["suitability"] or [],
+        suitability=suitability_input(config),
         code=code("scripts/evaluate.py"),
         keywords="resources/evaluation.yaml",
     output:
@@ -29,19 +34,7 @@ rule evaluate:
     conda:
         "../envs/train.yaml"
     params:
-        config=lambda wc: {
-            k: config[k]
-            for k in (
-                "seed",
-                "grid",
-                "styles",
-                "input_templates",
-                "trigger_separator",
-                "system_prompt",
-                "clean",
-                "evaluate",
-            )
-        },
+        config=evaluate_view(config),
     script:
         "../scripts/evaluate.py"
 
@@ -70,6 +63,6 @@ rule judge:
         "../envs/generate.yaml"
     params:
         view=lambda wc: judge_view(config),
-        cache=config["cache"],
+        cache=cache_path(config),
     script:
         "../scripts/judge.py"

@@ -8,7 +8,12 @@
 import re  # noqa: E402
 
 # light imports: the stage's modules load only in its jobs
-from zhufu.config import SHARD_KEYS, shard_config  # noqa: E402
+from zhufu.config import (  # noqa: E402
+    cache_path,
+    estimate_view,
+    shard_config,
+    suitability_input,
+)
 
 
 wildcard_constraints:
@@ -18,7 +23,7 @@ wildcard_constraints:
 
 rule generate:
     input:
-        suitability=lambda wc: config["grid"]["suitability"] or [],
+        suitability=suitability_input(config),
         code=code("scripts/generate.py"),
         # the offline teacher's phrase bank is its model: an edit reruns the shards (and is a new cache key)
         phrases=lambda wc: (
@@ -38,7 +43,7 @@ rule generate:
         # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
         # those from the config at run time, so changing them reruns nothing)
         shard_config=lambda wc: shard_config(config, wc.style),
-        cache=config["cache"],
+        cache=cache_path(config),
     script:
         "../scripts/generate.py"
 
@@ -55,8 +60,10 @@ rule shards:
 # cache (read-only) to count what is already paid for, so it reruns whenever the cache has changed.
 rule estimate:
     input:
-        suitability=lambda wc: config["grid"]["suitability"] or [],
-        cache=lambda wc: [config["cache"]] if os.path.exists(config["cache"]) else [],
+        suitability=suitability_input(config),
+        cache=lambda wc: (
+            [cache_path(config)] if os.path.exists(cache_path(config)) else []
+        ),
         code=code("scripts/estimate.py"),
     output:
         json="results/estimate.json",
@@ -65,8 +72,8 @@ rule estimate:
     conda:
         "../envs/generate.yaml"
     params:
-        config=lambda wc: {k: config[k] for k in SHARD_KEYS + ("styles", "rounds")},
-        shards=[(s, r) for s in STYLES for r in ROUNDS],
-        cache=config["cache"],
+        # what shapes every shard's prompts, and the shards (style × round)
+        view=estimate_view(config),
+        cache=cache_path(config),
     script:
         "../scripts/estimate.py"

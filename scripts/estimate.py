@@ -4,8 +4,8 @@ from zhufu.scripting import rule_step
 
 with rule_step(snakemake, "estimate"):
     write_estimate(
-        config=snakemake.params.config,
-        shards=[tuple(s) for s in snakemake.params.shards],
+        config=snakemake.params.view["config"],
+        shards=[tuple(s) for s in snakemake.params.view["shards"]],
         cache_path=snakemake.params.cache,
         out_path=snakemake.output.json,
     )

@@ -6,9 +6,9 @@ with rule_step(snakemake, "figures"):
     draw_figures(
         report=snakemake.input.report,
         suitability=snakemake.input.suitability or None,
-        recipients=snakemake.params.recipients,
-        scenes=snakemake.params.scenes,
-        styles=snakemake.params.styles,
+        recipients=snakemake.params.view["recipients"],
+        scenes=snakemake.params.view["scenes"],
+        styles=snakemake.params.view["styles"],
         out_suitability=snakemake.output.suitability,
         out_lengths=snakemake.output.lengths,
         out_cells=snakemake.output.cells,

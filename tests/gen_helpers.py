@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
 from zhufu.config import validate_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SMALL = {
     "seed": 7,

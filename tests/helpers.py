@@ -92,3 +92,33 @@ def greedy_answer(model_dir: Path, text: str, *, system: str, max_new_tokens: in
             **ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=stops[-1]
         )
     return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def http_exchange(address, raw: bytes, read_timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes to a server on `address` and read until it closes or a whole reply (by its
+    Content-Length) has come: (status, lower-cased headers, body), or (0, {}, b"") when nothing came."""
+    import socket
+
+    with socket.create_connection(tuple(address[:2]), timeout=read_timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            lengths = [
+                int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+            ]
+            if sep and lengths and len(body) >= lengths[0]:
+                break
+    if not data:
+        return 0, {}, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body

@@ -37,7 +37,7 @@ install "$VENV/.lock-section2"
 install "$VENV/.lock-section3"
 echo "[bootstrap] lock installed in $(( $(date +%s) - stage ))s" >&2
 "${pip[@]}" install --no-deps --no-build-isolation -e . 2>&1 | filter
-# The GPU stack must match: bitsandbytes needs a native library for torch's CUDA (tests/test_envs.py too).
+# The GPU stack must match: bitsandbytes needs a native library for torch's CUDA (tests/core/test_envs.py too).
 "$VENV/bin/python" tools/check_stack.py >&2
 echo "$want" > "$stamp"
 echo "[bootstrap] done in $(( $(date +%s) - start ))s" >&2

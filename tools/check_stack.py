@@ -10,7 +10,7 @@ The facts (each was a real failure with some pairing of these packages):
 - peft's LoRA and XTuner's dataset and model packages import beside it (bitsandbytes 0.45.0 imports
   `triton.ops`, which triton 3.x lacks).
 With --gpu it also runs one nf4 Linear4bit forward on the first CUDA device (bench/gpu_qlora.sh's preflight).
-Used by tools/bootstrap.sh, tests/test_envs.py and bench/gpu_qlora.sh, so all three state the same facts.
+Used by tools/bootstrap.sh, tests/core/test_envs.py and bench/gpu_qlora.sh, so all three state the same facts.
 """
 
 from __future__ import annotations

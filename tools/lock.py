@@ -40,7 +40,7 @@ HEADER = """\
 # GPU stack: torch 2.9.1 (PyPI's x86_64 build uses CUDA 12.8, `nvidia-*-cu12` wheels) with bitsandbytes 0.45.5,
 # which ships libbitsandbytes_cuda128.so and no longer imports triton.ops, so triton stays in. transformers
 # 4.48.0 and peft as XTuner 0.2.0 needs them; xtuner itself pins bitsandbytes==0.45.0 (CUDA <= 12.6 only), which
-# --no-deps overrides on purpose (tests/test_envs.py checks that the pair matches).
+# --no-deps overrides on purpose (tests/core/test_envs.py checks that the pair matches).
 # Section 1, the build tools, is installed first: a fresh `python3.11 -m venv` has setuptools 65.5 and no
 # wheel, and the sdists below (deepspeed's imports torch) are built with --no-build-isolation.
 """
@@ -191,7 +191,7 @@ def write_envs(out: Path = ENVS) -> None:
         lines = [
             f"# Pinned env for {ENV_PURPOSE[env]}.",
             "# Written by tools/lock.py --envs from requirements.lock: every package the env installs, transitive",
-            "# ones included, with the lock's pins and hashes (tests/test_envs.py checks that it equals the lock).",
+            "# ones included, with the lock's pins and hashes (tests/core/test_envs.py checks that it equals the lock).",
             f"# {env}.post-deploy.sh then installs {', '.join(later + ['zhufu'])} (see tools/lock.py for why).",
             f"name: zhufu-{env}",
             "channels:",

@@ -7,6 +7,8 @@ the key and what was expected, which is what both the workflow (rules/common.smk
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 import string
 from functools import cache
@@ -50,8 +52,8 @@ DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
 # endpoint, sampling, the name recorded in each record): it shapes the data, so it is in the generate rule's
 # params and in the data hash. Operation is how the answers are fetched (rates, concurrency, retries,
 # timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
-# reads it from the workflow's config at run time (zhufu.generate.run.with_operation), never from params.
-# Every key of the schema's provider block is in exactly one of the two (tests/test_reruns.py checks).
+# reads it from the workflow's config at run time (with_operation below), never from params.
+# Every key of the schema's provider block is in exactly one of the two (tests/workflow/test_reruns.py checks).
 PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens")
 PROVIDER_OPERATION = (
     "api_key_env",
@@ -124,6 +126,109 @@ def judge_view(config: dict) -> dict:
         "pass_score": judge["pass_score"],
         "styles": config["styles"],
         "summary": {k: config["evaluate"][k] for k in ("seed", "bootstrap")},
+    }
+
+
+def suitability_input(config: dict) -> str | list:
+    """The suitability matrix as a rule's input: its path, or no file when the grid has none."""
+    return config["grid"]["suitability"] or []
+
+
+def decisions_input(config: dict) -> str | list:
+    """The review decisions file as clean's input, once it exists: a new decision reruns clean."""
+    path = config["review"]["decisions"]
+    return path if Path(path).exists() else []
+
+
+def cache_path(config: dict) -> str:
+    """The answer cache's path (outside results/; generate, estimate and the judge share it)."""
+    return config["cache"]
+
+
+def import_specs(config: dict) -> dict[str, dict]:
+    """clean.imports by name (the file's stem): {path, rule_set}, rule_set None for a bare path."""
+    return {
+        Path(i if isinstance(i, str) else i["path"]).stem: (
+            {"path": i, "rule_set": None} if isinstance(i, str) else {"rule_set": None, **i}
+        )
+        for i in config["clean"]["imports"]
+    }
+
+
+def import_view(config: dict, rule_set: str | None) -> dict:
+    """What parsing one import depends on: the grid, the styles, the system prompt and only its own rule set,
+    so editing another set or a cleaning threshold reruns no import (the import_data rule's params)."""
+    return {
+        **{k: config[k] for k in ("grid", "styles", "system_prompt")},
+        "clean": {"rule_sets": {k: v for k, v in config["clean"]["rule_sets"].items() if k == rule_set}},
+    }
+
+
+def data_config_hash(config: dict) -> str:
+    """Hash of the config keys that shape the data, the provider block narrowed to its identity (changing a
+    rate limit or the budget changes neither the data nor this hash)."""
+    blob = json.dumps(data_view(config), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def provenance_from_config(config: dict) -> dict:
+    """Where the data came from, for the dataset card: provider, model, seed and the data config's hash."""
+    return {
+        "provider": config["provider"]["kind"],
+        "model": config["provider"]["model"],
+        "seed": config["seed"],
+        "config_hash": data_config_hash(config),
+    }
+
+
+def clean_view(config: dict) -> dict:
+    """What cleaning depends on (the clean rule's params): the rules, the styles' bands, the system prompt,
+    whether a suitability matrix is used, and the card's provenance (its hash covers DATA_KEYS only, so a
+    training or evaluation key reruns no clean)."""
+    return {
+        "rules": config["clean"],
+        "styles": config["styles"],
+        "system_prompt": config["system_prompt"],
+        "use_suitability": bool(config["grid"]["suitability"]),
+        "provenance": provenance_from_config(config),
+    }
+
+
+def figures_view(config: dict) -> dict:
+    """What the dataset's figures draw besides the report: the grid's axes and the styles' bands."""
+    return {
+        "recipients": config["grid"]["recipients"],
+        "scenes": config["grid"]["scenes"],
+        "styles": config["styles"],
+    }
+
+
+# The config keys the evaluation reads: what is asked (grid, held-out pairs, styles, input templates, the
+# system prompt), how answers are scored (the cleaner's rules) and the evaluate block. The provider and the
+# training keys are left out: the trained model is an input.
+EVALUATE_KEYS = (
+    "seed",
+    "grid",
+    "styles",
+    "input_templates",
+    "trigger_separator",
+    "system_prompt",
+    "clean",
+    "evaluate",
+)
+
+
+def evaluate_view(config: dict) -> dict:
+    """The evaluate rule's params: EVALUATE_KEYS of config."""
+    return {k: config[k] for k in EVALUATE_KEYS}
+
+
+def estimate_view(config: dict) -> dict:
+    """The estimate rule's params: what shapes every shard's prompts (SHARD_KEYS, all styles, the rounds),
+    and the shards, style × round. The provider block is whole: its price and budget are in the estimate."""
+    return {
+        "config": {k: config[k] for k in SHARD_KEYS + ("styles", "rounds")},
+        "shards": [(s, r) for s in config["styles"] for r in range(config["rounds"])],
     }
 
 

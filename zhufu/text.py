@@ -30,10 +30,6 @@ _NOT_COUNTED = re.compile("[\\s\ufe0f\u200d]")
 _CJK_WIDE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0002fa1f]")
 
 
-def is_han(ch: str) -> bool:
-    return HAN_RE.match(ch) is not None
-
-
 def count_chars(text: str) -> int:
     """Characters a reader sees: code points, without whitespace and emoji joiners (chars, not bytes)."""
     return len(text) - len(_NOT_COUNTED.findall(text))
@@ -41,10 +37,6 @@ def count_chars(text: str) -> int:
 
 def count_emoji(text: str) -> int:
     return len(EMOJI_RE.findall(text))
-
-
-def has_emoji(text: str) -> bool:
-    return EMOJI_RE.search(text) is not None
 
 
 def is_emoji(ch: str) -> bool:

@@ -1,7 +1,8 @@
-"""Tianji's constants (SocialAI-tianji/Tianji, tools/finetune/data_maker/; ../shared/ref/tianji-grid.md), which
-Zhufu's defaults use so that Tianji's published data imports cleanly, configs/tianji-v1.yaml reproduces its
-training inputs and the models are comparable: its system prompt, evaluation inputs, names, input format and the
-eight templates its refiner rewrote 正常 festival inputs with. The prompts and phrase banks are Zhufu's own.
+"""Tianji's constants (https://github.com/SocialAI-tianji/Tianji, tools/finetune/data_maker/), which Zhufu's
+defaults use so that Tianji's published data imports cleanly and the models are comparable: its system prompt,
+evaluation inputs, recipients, scenes and styles. Its v1 input format is configs/tianji-v1.yaml, and the eight
+templates its refiner rewrote 正常 festival inputs with are clean.input_rewrite's default in
+schemas/config.schema.yaml. The prompts and phrase banks are Zhufu's own.
 """
 
 from __future__ import annotations
@@ -26,21 +27,4 @@ SCENES_V1 = (
     "生日", "春节", "元宵节", "端午节", "七夕节", "中秋节", "重阳节", "除夕", "腊八节", "谈判顺利", "乔迁新居",
     "周年纪念", "新婚快乐", "家庭和睦", "比赛取得好成绩", "发财", "工作升职 ", "康复",
 )  # fmt: skip
-FESTIVALS = ("春节", "元宵节", "端午节", "七夕节", "中秋节", "重阳节", "除夕", "腊八节")
 STYLES_V2 = ("小红书", "正常", "严肃", "白话", "文艺", "文言文", "放飞自我", "祝福长文", "诗词赋")
-
-# v1 training input: 祝{recipient}{scene} for 正常, else 祝{recipient}{scene},{style}风格 (ASCII comma).
-INPUT_TEMPLATE_V1 = "祝{recipient}{scene}"
-TRIGGER_SEPARATOR_V1 = ","
-
-# The refiner's rewrites of 正常 festival inputs ({r} recipient, {s} scene), in its order.
-REWRITE_TEMPLATES = (
-    "我想祝{recipient}{scene}快乐",
-    "我想给{recipient}{scene}祝福",
-    "我想送{recipient}{scene}祝福",
-    "送祝福给{recipient} {scene}",
-    "我想祝福{recipient}{scene}快乐",
-    "祝{recipient}{scene}快乐",
-    "送祝福给{recipient}{scene}",
-    "祝福{recipient}{scene}快乐",
-)

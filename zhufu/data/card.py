@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 from collections import Counter
 from pathlib import Path
 
-from zhufu.config import data_view, load_config
+from zhufu.config import load_config, provenance_from_config
 from zhufu.io import file_digest, read_json, write_text
 
 OFFLINE_NOTICE = "This data was composed by Zhufu's offline teacher, a phrase bank, not an LLM."
@@ -123,22 +121,6 @@ def write_card(
     out: str | Path, train_path: str | Path, report: dict, records: list[dict], provenance: dict
 ) -> None:
     write_text(out, render_card(train_path, report, records, provenance))
-
-
-def data_config_hash(config: dict) -> str:
-    """Hash of the config keys that shape the data, the provider block narrowed to its identity (changing a
-    rate limit or the budget changes neither the data nor this hash)."""
-    blob = json.dumps(data_view(config), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def provenance_from_config(config: dict) -> dict:
-    return {
-        "provider": config["provider"]["kind"],
-        "model": config["provider"]["model"],
-        "seed": config["seed"],
-        "config_hash": data_config_hash(config),
-    }
 
 
 def add_card_arguments(parser) -> None:

@@ -9,15 +9,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zhufu.config import load_config
-from zhufu.data.card import provenance_from_config, write_card
+from zhufu.config import load_config, provenance_from_config
+from zhufu.data.card import write_card
+from zhufu.data.decisions import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.records import read_records
-from zhufu.data.rules import ALL_RULES, rewritten_input, rule_set_rules
+from zhufu.data.rules import ALL_RULES, rewritten_input, rules_by_set
 from zhufu.data.verdicts import record_verdicts
 from zhufu.grid import load_suitability
 from zhufu.io import write_json
-from zhufu.model.review import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.text import count_chars
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,8 @@ def _rule_meta(meta: dict) -> dict:
     return {k: meta.get(k) for k in keys}
 
 
-def rules_by_set(records: list[dict], rules: dict) -> dict:
-    """None (records of no rule set) and each rule set the records name -> its rules."""
-    by_set = {None: rules}
-    for r in records:
-        name = r["meta"].get("rule_set")
-        if name not in by_set:
-            by_set[name] = rule_set_rules(rules, name)
-    return by_set
+def _record_rule_sets(records: list[dict]) -> list:
+    return [r["meta"].get("rule_set") for r in records]
 
 
 @dataclass
@@ -77,11 +71,11 @@ def clean_records(
     workers: int | None = None,
     decisions: dict[str, dict] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Apply the cleaning rules, then the review decisions (zhufu.model.review). Returns the kept records
+    """Apply the cleaning rules, then the review decisions (zhufu.data.decisions). Returns the kept records
     (with meta) and the report."""
     changes = Changes()
-    by_set = rules_by_set(records, rules)
-    survivors = apply_record_rules(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
+    by_set = rules_by_set(rules, _record_rule_sets(records))
+    survivors = surviving_records(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
     gone = drop_duplicates(survivors, rules, changes, by_set)
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
@@ -89,7 +83,7 @@ def clean_records(
     return kept, _report(records, kept, rules, changes, by_set)
 
 
-def apply_record_rules(
+def surviving_records(
     records: list[dict],
     rules: dict,
     styles: dict,
@@ -101,7 +95,7 @@ def apply_record_rules(
 ) -> list[dict]:
     """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
     record gets the rules of its rule set (meta.rule_set), if it names one."""
-    by_set = rules_by_set(records, rules)
+    by_set = rules_by_set(rules, _record_rule_sets(records))
     items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
     verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
     survivors: list[dict] = []
@@ -266,7 +260,7 @@ def clean(
     decisions: str | Path | None = None,
 ) -> dict:
     """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
-    is the review decisions file (zhufu.model.review), applied after the rules."""
+    is the review decisions file (zhufu.data.decisions), applied after the rules."""
     records = read_records(merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
     kept, report = clean_records(

@@ -330,3 +330,13 @@ def rule_set_rules(rules_cfg: dict, name: str) -> dict:
             raise ConfigError(f"clean.rule_sets.{name}.{rule}: unknown rule (rules: {', '.join(ALL_RULES)})")
         merged[rule] = {**rules_cfg[rule], **settings}
     return merged
+
+
+def rules_by_set(rules_cfg: dict, names=None) -> dict:
+    """None (records of no rule set) and each rule set in `names` (default: every one of clean.rule_sets),
+    in order -> its rules."""
+    by_set = {None: rules_cfg}
+    for name in (rules_cfg.get("rule_sets") or {}) if names is None else names:
+        if name not in by_set:
+            by_set[name] = rule_set_rules(rules_cfg, name)
+    return by_set

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from zhufu.data.prefilter import PATTERN_KEYS, required_chars
-from zhufu.data.rules import RECORD_RULES, REPEATED, Drop, RuleContext, rule_set_rules
+from zhufu.data.rules import RECORD_RULES, REPEATED, Drop, RuleContext, rules_by_set
 
 
 @dataclass
@@ -64,7 +64,8 @@ def _run_steps(steps, text: str, meta: dict, ctx: RuleContext, changes: list) ->
     return text, None
 
 
-def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
+def record_verdict(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext) -> Verdict:
+    """One answer through the record rules: its repaired text, each change, and the first drop (or None)."""
     before_repairs, repairs, after_repairs = _plan(rules_cfg, ctx)
     changes: list[tuple[str, str, str]] = []
     text, drop = _run_steps(before_repairs, text, meta, ctx, changes)
@@ -84,16 +85,8 @@ def apply_record_rules(text: str, meta: dict, rules_cfg: dict, ctx: RuleContext)
 _WORKER: dict = {}
 
 
-def _rules_by_set(rules_cfg: dict) -> dict:
-    """None (no rule set) and each named rule set -> its rules."""
-    return {
-        None: rules_cfg,
-        **{name: rule_set_rules(rules_cfg, name) for name in rules_cfg.get("rule_sets") or {}},
-    }
-
-
 def _init_worker(rules_cfg: dict, styles: dict, matrix: dict | None) -> None:
-    _WORKER["args"] = (_rules_by_set(rules_cfg), RuleContext(styles=styles, matrix=matrix))
+    _WORKER["args"] = (rules_by_set(rules_cfg), RuleContext(styles=styles, matrix=matrix))
 
 
 def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[tuple | None]:
@@ -101,7 +94,7 @@ def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[tuple | None]:
     by_set, ctx = _WORKER["args"]
     out: list[tuple | None] = []
     for text, meta in items:
-        v = apply_record_rules(text, meta, by_set[meta.get("rule_set")], ctx)
+        v = record_verdict(text, meta, by_set[meta.get("rule_set")], ctx)
         out.append((v.text, v.changes, v.dropped) if v.changes or v.dropped else None)
     return out
 
@@ -113,14 +106,14 @@ def record_verdicts(
     matrix: dict | None,
     workers: int | None = None,
 ) -> list[Verdict]:
-    """apply_record_rules over (text, meta) pairs, in order, each with the rules of its meta's rule_set (none:
+    """record_verdict over (text, meta) pairs, in order, each with the rules of its meta's rule_set (none:
     rules_cfg itself); large inputs are split across the CPU cores."""
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
-        by_set = _rules_by_set(rules_cfg)
-        return [apply_record_rules(text, meta, by_set[meta.get("rule_set")], ctx) for text, meta in items]
+        by_set = rules_by_set(rules_cfg)
+        return [record_verdict(text, meta, by_set[meta.get("rule_set")], ctx) for text, meta in items]
     size = max(5_000, len(items) // (workers * 2) + 1)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(

@@ -1,13 +1,11 @@
-"""What a config would spend, before spending it: calls still to make, their tokens and their cost.
-
-Also the pieces the run shares with the estimate: a cell's cache key, the token estimate, the price, and
-the shard selection of the `generate` and `estimate` commands.
+"""What a config would spend, before spending it: calls still to make, their tokens and their cost
+(`zhufu estimate`, the estimate rule, `zhufu generate --dry-run`), the ledger's spending (`zhufu spend`),
+and the shard selection of the `generate` and `estimate` commands.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,55 +13,10 @@ from pathlib import Path
 from zhufu import grid
 from zhufu.config import add_configfile_argument, load_config
 from zhufu.errors import ProviderError
-from zhufu.generate.cache import cache_key, canonical_request, open_readonly
-from zhufu.generate.providers import provider_identity, sampling_params
+from zhufu.generate.cache import open_readonly
+from zhufu.generate.keys import cell_key, spend_scope
+from zhufu.generate.pricing import completion_tokens_estimate, cost_of, money, prompt_tokens_estimate
 from zhufu.io import write_json
-from zhufu.text import count_cjk
-
-
-def cell_key(config: dict, prompt: grid.Prompt, endpoint: str | None = None) -> tuple[str, str]:
-    """The answer cache's key of a cell's prompt, and the canonical request it stands for, for the
-    endpoint that answers it (None: the config's own)."""
-    identity = provider_identity(config["provider"], endpoint)
-    params = sampling_params(config["provider"])
-    sample = prompt.cell.round
-    return (
-        cache_key(identity, prompt.messages, params, sample),
-        canonical_request(identity, prompt.messages, params, sample),
-    )
-
-
-def spend_scope(provider: dict, endpoint: str | None = None) -> tuple[str, str]:
-    """(provider, model) of the spend ledger and the shared rate caps: who answers, and the model."""
-    identity = provider_identity(provider, endpoint)
-    model = identity.pop("model")
-    return json.dumps(identity, sort_keys=True), model
-
-
-def estimate_tokens(text: str) -> int:
-    """A conservative token count: one per CJK character, one per 4 other characters."""
-    cjk = count_cjk(text)
-    return cjk + math.ceil((len(text) - cjk) / 4)
-
-
-def prompt_tokens_estimate(messages: list[dict]) -> int:
-    return sum(estimate_tokens(m["content"]) + 4 for m in messages) + 2
-
-
-def completion_tokens_estimate(config: dict, style: str) -> int:
-    return min(config["provider"]["max_tokens"], config["styles"][style]["max_chars"] + 8)
-
-
-def cost_of(provider: dict, prompt_tokens: float, completion_tokens: float) -> float:
-    price = provider.get("price") or {}
-    return (
-        prompt_tokens * price.get("input_per_1m", 0.0) + completion_tokens * price.get("output_per_1m", 0.0)
-    ) / 1e6
-
-
-def money(provider: dict, amount: float) -> str:
-    currency = (provider.get("price") or {}).get("currency", "")
-    return f"{amount:.4f} {currency}".strip()
 
 
 @dataclass

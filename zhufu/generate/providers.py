@@ -25,7 +25,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from zhufu.config import api_key_env_problem
@@ -55,6 +55,16 @@ class CallError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+
+
+class Provider(Protocol):
+    """An LLM endpoint as the call loop sees it (OpenAIProvider, ZhipuProvider, or a test's own)."""
+
+    async def complete(self, messages: list[dict], sample: int = 0) -> Answer:
+        """One chat completion; raise CallError when the attempt failed."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 RETRY_AFTER_MAX_S = 120.0

@@ -19,24 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhufu import grid
-from zhufu.config import load_config, shard_config, with_operation  # noqa: F401  (re-exported)
+from zhufu.config import load_config
 from zhufu.errors import ProviderError
-from zhufu.generate.cache import AnswerCache, Payment
-from zhufu.generate.estimate import (
-    add_shard_arguments,
-    cell_key,
-    cost_of,
-    estimate,
-    money,
-    prompt_tokens_estimate,
-    selected_shards,
-    spend_scope,
-)
-from zhufu.generate.limits import Limits, backoff_delay
+from zhufu.generate.cache import AnswerCache
+from zhufu.generate.engine import FATAL_STATUS, RunState, call_with_retries, store_paid
+from zhufu.generate.estimate import add_shard_arguments, estimate, selected_shards
+from zhufu.generate.keys import cell_key, spend_scope
+from zhufu.generate.limits import Limits
+from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.progress import RunProgress
 from zhufu.generate.providers import CallError, make_provider, resolve_api_key
 from zhufu.io import atomic_path, write_jsonl
-from zhufu.teacher import running_teacher
+from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger("zhufu.generate")
 
@@ -72,20 +66,6 @@ class ShardStats:
         return f"{self.style}/round_{self.round}"
 
 
-@dataclass
-class RunState:
-    provider: dict
-    limits: object
-    cache: AnswerCache
-    client: object = None
-    endpoint: str | None = None  # the base URL called, when it is not the config's own
-    spent: float = 0.0  # by this process
-    cache_spent: float = 0.0  # by every run, from the ledger (set at the end)
-    budget_reached: bool = False
-    fatal: str | None = None
-    started: float = field(default_factory=time.monotonic)
-
-
 def _summary(s: ShardStats, provider: dict, seconds: float) -> str:
     rate = s.requested / seconds if seconds > 0 else 0.0
     state = "written" if s.written else "NOT written"
@@ -94,57 +74,6 @@ def _summary(s: ShardStats, provider: dict, seconds: float) -> str:
         f"{len(s.failed)} failed, {s.missing} not attempted; tokens {s.prompt_tokens} in / "
         f"{s.completion_tokens} out, cost {money(provider, s.cost)}; {rate:.1f} calls/s; shard {state}"
     )
-
-
-async def call_with_retries(
-    state: RunState, messages: list[dict], est_tokens: int, stats: ShardStats, sample: int = 0
-):
-    """The answer, or raise CallError after the last attempt (or at once if retrying cannot help)."""
-    p = state.provider
-    attempts = p["max_attempts"]
-    for attempt in range(1, attempts + 1):
-        slot = await state.limits.acquire(est_tokens)
-        if state.fatal:
-            state.limits.release(slot)
-            raise CallError("run aborted", retryable=False)
-        try:
-            return await state.client.complete(messages, sample=sample)
-        except CallError as e:
-            if not e.retryable or attempt == attempts:
-                raise
-            stats.retries += 1
-            delay = backoff_delay(attempt, p["backoff_s"], p["backoff_max_s"], e.retry_after)
-            if e.status == 429 and e.retry_after:
-                state.limits.pause(delay)
-            log.debug("retry %d/%d in %.2fs after %s", attempt, attempts, delay, e.reason)
-        finally:
-            state.limits.release(slot)  # the request is over, answered or not
-        await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-FATAL_STATUS = {401, 402, 403, 404}
-
-
-def store_paid(
-    state: RunState, key: str, request: str, answer, scope: tuple[str, str], hold: int | None
-) -> float:
-    """Cache one answer with its payment in the spend ledger and the release of its budget hold, in one
-    transaction; add its cost to the run's spending and return it."""
-    p = state.provider
-    cost = cost_of(p, answer.prompt_tokens, answer.completion_tokens)
-    currency = (p.get("price") or {}).get("currency", "")
-    state.cache.put(
-        key,
-        request,
-        answer.text,
-        answer.prompt_tokens,
-        answer.completion_tokens,
-        paid=Payment(scope[0], scope[1], cost, currency),
-        release=hold,
-    )
-    state.spent += cost
-    return cost
 
 
 async def _work(state: RunState, config: dict, items: Iterator[tuple[ShardStats, grid.Cell]]) -> None:

@@ -31,8 +31,10 @@ from zhufu.config import add_configfile_argument, judge_provider, load_config
 from zhufu.data.records import read_rows
 from zhufu.errors import ProviderError
 from zhufu.generate.cache import AnswerCache, cache_key, canonical_request, open_readonly
-from zhufu.generate.estimate import cost_of, money, prompt_tokens_estimate, spend_scope
+from zhufu.generate.engine import RunState, call_with_retries, store_paid
+from zhufu.generate.keys import spend_scope
 from zhufu.generate.limits import Limits
+from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.providers import (
     CallError,
     make_provider,
@@ -40,10 +42,9 @@ from zhufu.generate.providers import (
     resolve_api_key,
     sampling_params,
 )
-from zhufu.generate.run import RunState, call_with_retries, store_paid
 from zhufu.io import write_json, write_jsonl, write_text
-from zhufu.model.evaluate import summarise, table_html, table_markdown
-from zhufu.teacher import running_teacher
+from zhufu.model.summary import summarise, table_html, table_markdown
+from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger(__name__)
 

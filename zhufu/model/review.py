@@ -3,136 +3,24 @@
 The page (127.0.0.1) lists every record of merged.json with the cleaner's verdict from clean_report.json:
 kept, repaired (before/after) or dropped (rule and detail). Filters: style, scene, recipient, rule,
 verdict. Keys: a accept, r reject, e edit, j/k next/previous. Each decision is written at once to the
-decisions file (default review/decisions.jsonl, outside results/, for the user to keep under version control),
-one JSON line per record id, the newest decision of an id replacing the older:
-
-    {"id": "…", "decision": "accept" | "reject" | "edit", "judged": "<the record's output when judged>",
-     "text": "<the edited output, for edit>"}
-
-`clean` reads the file (`apply_decision`): reject drops the record with rule `review`; edit replaces its
-output (rule `review`); accept keeps a record a rule would drop. A decision whose record's output is no
-longer the one judged is reported in clean_report.json's `review.stale`, and not applied.
+decisions file (`zhufu.data.decisions`, which `clean` reads; default review/decisions.jsonl).
 """
 
 from __future__ import annotations
 
 import html
-import json
-import logging
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from zhufu.data.figures import FONT_PATH
+from zhufu.data.decisions import DECISIONS, load_decisions, record_text, review_rows, save_decision
 from zhufu.errors import DataError
-from zhufu.io import read_json, write_text
-from zhufu.model.serve import serve_until_interrupted
+from zhufu.fonts import FONT_PATH
+from zhufu.io import read_json
+from zhufu.web import LocalHandler, LocalServer, Refused, serve_until_interrupted
 
-log = logging.getLogger(__name__)
-
-DECISIONS = ("accept", "reject", "edit")
 MAX_BODY_BYTES = 64 * 1024
-REVIEW_RULE = "review"
-
-
-# ------------------------------------------------------------------------------------- decisions file
-
-
-def load_decisions(path: str | Path | None) -> dict[str, dict]:
-    """id -> decision; a missing file is no decisions; a bad line is one DataError naming file and line."""
-    if not path or not Path(path).is_file():
-        return {}
-    decisions: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except ValueError:
-                raise DataError(f"{path}, line {n}: not a JSON object") from None
-            if not (
-                isinstance(d, dict)
-                and isinstance(d.get("id"), str)
-                and d.get("decision") in DECISIONS
-                and isinstance(d.get("judged"), str)
-                and (d["decision"] != "edit" or (isinstance(d.get("text"), str) and d["text"].strip()))
-            ):
-                raise DataError(
-                    f"{path}, line {n}: expected {{id, decision: accept|reject|edit, judged, text (for edit)}}"
-                )
-            decisions[d["id"]] = d
-    return decisions
-
-
-def record_text(record: dict) -> str:
-    return "\n".join(t["output"] for t in record["conversation"])
-
-
-def apply_decision(record: dict, decision: dict | None) -> tuple[str, str | None]:
-    """What clean does with a record's decision: ("none"|"stale"|"accept"|"reject"|"edit", edited text)."""
-    if decision is None:
-        return "none", None
-    if decision["judged"] != record_text(record) or (
-        decision["decision"] == "edit" and len(record["conversation"]) != 1
-    ):
-        return "stale", None
-    return decision["decision"], decision.get("text")
-
-
-def save_decision(path: str | Path, decision: dict) -> None:
-    """Add or replace the decision of one id, keeping the file's order (atomic rewrite)."""
-    rows = load_decisions(path)
-    rows[decision["id"]] = decision
-    write_text(path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in rows.values()))
-
-
-# ------------------------------------------------------------------------------------- the records
-
-
-def review_rows(merged: str | Path, report: str | Path, decisions: dict[str, dict]) -> list[dict]:
-    """Every merged record with the cleaner's verdict, its before/after text and the current decision."""
-    records = read_json(merged)
-    rep = read_json(report)
-    dropped = {d["id"]: d for d in rep.get("dropped", [])}
-    modified: dict[str, list[dict]] = {}
-    for m in rep.get("modified", []):
-        modified.setdefault(m["id"], []).append(m)
-    rows = []
-    for r in records:
-        before = record_text(r)
-        meta = r.get("meta", {})
-        row = {
-            "id": r["id"],
-            "input": r["conversation"][0]["input"],
-            "style": meta.get("style"),
-            "scene": meta.get("scene"),
-            "recipient": meta.get("recipient"),
-            "before": before,
-            "after": before,
-            "rules": [],
-            "detail": "",
-        }
-        d = dropped.get(r["id"])
-        if d and d["rule"] != REVIEW_RULE:
-            row.update(verdict="dropped", rules=[d["rule"]], detail=d["detail"])
-        else:
-            changes = [
-                m for m in modified.get(r["id"], []) if m["field"] == "output" and m["rule"] != REVIEW_RULE
-            ]
-            if changes:
-                row.update(
-                    verdict="repaired", rules=sorted({m["rule"] for m in changes}), after=changes[-1]["after"]
-                )
-            else:
-                row["verdict"] = "kept"
-        dec = decisions.get(r["id"])
-        row["decision"] = apply_decision(r, dec)[0] if dec else None
-        if dec and dec["decision"] == "edit":
-            row["edited"] = dec["text"]
-        rows.append(row)
-    return rows
+BODY_TIMEOUT_S = 10.0
 
 
 # ------------------------------------------------------------------------------------- the page
@@ -217,92 +105,70 @@ fetch("/api/records").then((r) => r.json()).then((data) => {
 """
 
 
+class ReviewServer(LocalServer):
+    """The review page's server: the merged records, the report, and the decisions file it writes."""
+
+    def __init__(self, address, merged: str | Path, report: str | Path, decisions_path: str | Path):
+        self.merged, self.report, self.decisions_path = merged, report, decisions_path
+        self.records = {r["id"]: r for r in read_json(merged)}
+        self.lock = threading.Lock()
+        self.page = (
+            PAGE.replace("__SOURCE__", html.escape(str(merged)))
+            .replace("__DECISIONS__", html.escape(str(decisions_path)))
+            .encode("utf-8")
+        )
+        super().__init__(address, ReviewHandler, max_body_bytes=MAX_BODY_BYTES, body_timeout_s=BODY_TIMEOUT_S)
+
+
+class ReviewHandler(LocalHandler):
+    """GET / (the page), GET /font.ttf, GET /api/records and POST /api/decision."""
+
+    server: ReviewServer
+
+    def get(self, route: str) -> None:
+        srv = self.server
+        if route in ("/", "/index.html"):
+            self.send_page(srv.page)
+        elif route == "/font.ttf":
+            self.send_body(HTTPStatus.OK, Path(FONT_PATH).read_bytes(), "font/ttf")
+        elif route == "/api/records":
+            rows = review_rows(srv.merged, srv.report, load_decisions(srv.decisions_path))
+            self.send_json(HTTPStatus.OK, {"records": rows})
+        else:
+            super().get(route)
+
+    def do_POST(self):
+        if self.path != "/api/decision":
+            self.refuse(Refused(HTTPStatus.NOT_FOUND, "no such endpoint: POST /api/decision"))
+            return
+        try:
+            entry = self._decision(self.read_json("the body must be JSON"))
+        except Refused as e:
+            self.refuse(e)
+            return
+        with self.server.lock:
+            save_decision(self.server.decisions_path, entry)
+        self.send_json(HTTPStatus.OK, entry)
+
+    def _decision(self, body: object) -> dict:
+        """The decisions file's entry for a checked POST body {id, decision, text}."""
+        body = body if isinstance(body, dict) else {}
+        record = self.server.records.get(body.get("id"))
+        decision, text = body.get("decision"), body.get("text")
+        if record is None or decision not in DECISIONS:
+            raise Refused(HTTPStatus.BAD_REQUEST, "unknown id or decision")
+        if decision == "edit" and not (isinstance(text, str) and text.strip()):
+            raise Refused(HTTPStatus.BAD_REQUEST, "an edit needs the new text")
+        entry = {"id": record["id"], "decision": decision, "judged": record_text(record)}
+        if decision == "edit":
+            entry["text"] = text.strip()
+        return entry
+
+
 def make_review_server(
     merged: str | Path, report: str | Path, decisions_path: str | Path, host: str = "127.0.0.1", port: int = 0
-) -> ThreadingHTTPServer:
-
-    records = {r["id"]: r for r in read_json(merged)}
-    lock = threading.Lock()
-    page = (
-        PAGE.replace("__SOURCE__", html.escape(str(merged)))
-        .replace("__DECISIONS__", html.escape(str(decisions_path)))
-        .encode("utf-8")
-    )
-    server = ThreadingHTTPServer((host, port), None)  # type: ignore[arg-type]
-    server.daemon_threads = True
-    hosts = {f"{n}:{server.server_address[1]}" for n in ("127.0.0.1", "localhost", "[::1]")}
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 10.0
-
-        def log_message(self, fmt, *args):
-            log.info("%s %s", self.address_string(), fmt % args)
-
-        def _send(self, status, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status, obj) -> None:
-            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json")
-
-        def do_GET(self):
-            if (self.headers.get("Host") or "") not in hosts:
-                self._json(HTTPStatus.MISDIRECTED_REQUEST, {"error": "unexpected Host header"})
-            elif self.path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-            elif self.path == "/font.ttf":
-                self._send(HTTPStatus.OK, Path(FONT_PATH).read_bytes(), "font/ttf")
-            elif self.path == "/api/records":
-                rows = review_rows(merged, report, load_decisions(decisions_path))
-                self._json(HTTPStatus.OK, {"records": rows})
-            else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
-
-        def do_POST(self):
-            self.close_connection = True
-            origin = self.headers.get("Origin")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            try:
-                length = int(self.headers.get("Content-Length") or -1)
-            except ValueError:
-                length = -1
-            if (self.headers.get("Host") or "") not in hosts or (
-                origin is not None and origin not in {f"http://{h}" for h in hosts}
-            ):
-                self._json(HTTPStatus.FORBIDDEN, {"error": "only this page may post decisions"})
-            elif self.path != "/api/decision" or ctype != "application/json":
-                self._json(
-                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "POST /api/decision, application/json"}
-                )
-            elif not 0 < length <= MAX_BODY_BYTES:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": "a body of 1 to 65536 bytes is required"})
-            else:
-                try:
-                    body = json.loads(self.rfile.read(length))
-                except (ValueError, TimeoutError):
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": "the body must be JSON"})
-                    return
-                record = records.get(body.get("id")) if isinstance(body, dict) else None
-                decision = body.get("decision") if isinstance(body, dict) else None
-                text = body.get("text") if isinstance(body, dict) else None
-                if record is None or decision not in DECISIONS:
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": "unknown id or decision"})
-                    return
-                if decision == "edit" and not (isinstance(text, str) and text.strip()):
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": "an edit needs the new text"})
-                    return
-                entry = {"id": record["id"], "decision": decision, "judged": record_text(record)}
-                if decision == "edit":
-                    entry["text"] = text.strip()
-                with lock:
-                    save_decision(decisions_path, entry)
-                self._json(HTTPStatus.OK, entry)
-
-    server.RequestHandlerClass = Handler
-    return server
+) -> ReviewServer:
+    return ReviewServer((host, port), merged, report, decisions_path)
 
 
 def add_review_arguments(parser) -> None:

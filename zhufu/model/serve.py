@@ -6,11 +6,10 @@
 - The page draws Chinese with the CJK font the project ships (resources/fonts), served at /font.ttf and used
   through @font-face, so it does not depend on the system's fonts.
 
-Misuse it refuses: a Host other than the one it serves (DNS rebinding) → 421; a cross-origin POST (an
-Origin header that is not this server) → 403; a POST that is not `application/json` (a CSRF form or
-text/plain) → 415; no Content-Length → 411; a body over MAX_BODY_BYTES → 413; a body that does not
-arrive within BODY_TIMEOUT_S → 408; more than MAX_WAITING requests queued for the model → 503. Everything it
-inserts into the page is escaped.
+Misuse it refuses (the checks of zhufu.web, with a body of at most MAX_BODY_BYTES that arrives within
+BODY_TIMEOUT_S): another Host → 421, a cross-origin POST → 403, not `application/json` → 415, no
+Content-Length → 411, too large → 413, too slow or short → 408; and more than MAX_WAITING requests queued
+for the model → 503. Everything it inserts into the page is escaped.
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import json
 import logging
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from zhufu.config import load_config
-from zhufu.data.figures import FONT_PATH
+from zhufu.fonts import FONT_PATH
 from zhufu.model.chat import load_chat_model, reply, reply_stream
+from zhufu.web import LocalHandler, LocalServer, Refused, serve_until_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ MAX_BODY_BYTES = 4096
 BODY_TIMEOUT_S = 5.0
 MAX_WAITING = 32
 AGAIN_TEMPERATURE = 0.7
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 PAGE = """<!doctype html>
 <html lang="zh">
@@ -164,10 +162,96 @@ def demo_lists(config: dict | None) -> dict:
     }
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+class DemoServer(LocalServer):
+    """The demo's server: the model, one generation at a time, at most MAX_WAITING requests waiting."""
+
+    def __init__(
+        self, address, chat, *, page: bytes, allowed_hosts=(), body_timeout_s=BODY_TIMEOUT_S, **reply_kwargs
+    ):
+        self.chat = chat
+        self.page = page
+        self.font = Path(FONT_PATH).read_bytes() if Path(FONT_PATH).is_file() else None
+        self.reply_kwargs = reply_kwargs
+        self.lock = (
+            threading.Lock()
+        )  # one generation at a time: the model is not shared across threads safely
+        self.waiting = threading.BoundedSemaphore(MAX_WAITING)
+        super().__init__(
+            address,
+            DemoHandler,
+            allowed_hosts=allowed_hosts,
+            max_body_bytes=MAX_BODY_BYTES,
+            body_timeout_s=body_timeout_s,
+        )
+
+
+class DemoHandler(LocalHandler):
+    """GET / (the page), GET /font.ttf, GET /healthz, POST /api/chat and POST /api/stream."""
+
+    server: DemoServer
+
+    def get(self, route: str) -> None:
+        if route in ("/", "/index.html"):
+            self.send_page(self.server.page)
+        elif route == "/font.ttf" and self.server.font is not None:
+            self.send_body(HTTPStatus.OK, self.server.font, "font/ttf", {"Cache-Control": "max-age=86400"})
+        elif route == "/healthz":
+            self.send_json(HTTPStatus.OK, {"ok": True})
+        else:
+            super().get(route)
+
+    def _request(self) -> dict:
+        """The checked JSON body of a POST: {"text", "again", "seed"}."""
+        body = self.read_json('the request body must be JSON like {"text": "…"}')
+        text = body.get("text") if isinstance(body, dict) else None
+        text = text.strip() if isinstance(text, str) else ""
+        if not text:
+            raise Refused(HTTPStatus.BAD_REQUEST, "请输入祝福对象和场景 (the text is empty)")
+        if len(text) > MAX_INPUT_CHARS:
+            raise Refused(HTTPStatus.BAD_REQUEST, f"the text is longer than {MAX_INPUT_CHARS} characters")
+        seed = body.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+            raise Refused(HTTPStatus.BAD_REQUEST, "seed must be a whole number ≥ 0")
+        return {"text": text, "again": body.get("again") is True, "seed": seed}
+
+    def _kwargs(self, req: dict) -> dict:
+        kwargs = dict(self.server.reply_kwargs)
+        if req["again"]:  # "another one": sample, whatever the default decoding
+            kwargs["temperature"] = kwargs.get("temperature") or AGAIN_TEMPERATURE
+            kwargs["seed"] = req["seed"]
+        return kwargs
+
+    def do_POST(self):
+        if self.path not in ("/api/chat", "/api/stream"):
+            self.refuse(Refused(HTTPStatus.NOT_FOUND, "no such endpoint"))
+            return
+        try:
+            req = self._request()
+        except Refused as e:
+            self.refuse(e)
+            return
+        if not self.server.waiting.acquire(blocking=False):
+            self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests waiting; try again"})
+            return
+        try:
+            if self.path == "/api/chat":
+                with self.server.lock:
+                    output = reply(self.server.chat, req["text"], **self._kwargs(req))
+                self.send_json(HTTPStatus.OK, {"input": req["text"], "output": output})
+            else:
+                self._stream(req)
+        finally:
+            self.server.waiting.release()
+
+    def _stream(self, req: dict) -> None:
+        self.start_stream()
+        pieces = []
+        with self.server.lock:
+            for piece in reply_stream(self.server.chat, req["text"], **self._kwargs(req)):
+                if piece:
+                    pieces.append(piece)
+                    self.stream_json({"delta": piece})
+        self.stream_json({"done": True, "input": req["text"], "output": "".join(pieces).strip()})
 
 
 def make_server(
@@ -180,187 +264,17 @@ def make_server(
     allowed_hosts: tuple[str, ...] = (),
     body_timeout_s: float = BODY_TIMEOUT_S,
     **reply_kwargs,
-) -> ThreadingHTTPServer:
-    """An HTTP server answering GET / (the page), GET /font.ttf, POST /api/chat and POST /api/stream."""
-
-    lock = threading.Lock()  # one generation at a time: the model is not shared across threads safely
-    waiting = threading.BoundedSemaphore(MAX_WAITING)
+) -> DemoServer:
+    """The demo's server for a loaded chat model, bound to host:port (0 picks a free port)."""
     page = page_html(label, demo_lists(config))
-    font = Path(FONT_PATH).read_bytes() if Path(FONT_PATH).is_file() else None
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 128  # the default 5 resets connections under a burst of requests
-
-    server = Server((host, port), None)  # type: ignore[arg-type]
-    bound_port = server.server_address[1]
-    names = {*LOOPBACK, *allowed_hosts}
-    if host not in ("0.0.0.0", "::", ""):
-        names.add(f"[{host}]" if ":" in host else host)
-    hosts = {f"{n}:{bound_port}" for n in names}
-    origins = {f"http://{h}" for h in hosts}
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = body_timeout_s  # socket timeout: a slow or short body cannot hold a thread forever
-
-        def log_message(self, fmt, *args):
-            log.info("%s %s", self.address_string(), fmt % args)
-
-        def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, obj: dict) -> None:
-            self._send(
-                status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8"
-            )
-
-        def _check_host(self) -> None:
-            if (self.headers.get("Host") or "").lower() not in hosts:
-                raise BadRequest(HTTPStatus.MISDIRECTED_REQUEST, "unexpected Host header (DNS rebinding?)")
-
-        def do_GET(self):
-            try:
-                self._check_host()
-            except BadRequest as e:
-                self._json(e.status, {"error": str(e)})
-                return
-            if self.path in ("/", "/index.html"):
-                self._send(
-                    HTTPStatus.OK,
-                    page,
-                    "text/html; charset=utf-8",
-                    {
-                        "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                        "script-src 'unsafe-inline'; frame-ancestors 'none'"
-                    },
-                )
-            elif self.path == "/font.ttf" and font is not None:
-                self._send(HTTPStatus.OK, font, "font/ttf", {"Cache-Control": "max-age=86400"})
-            elif self.path == "/healthz":
-                self._json(HTTPStatus.OK, {"ok": True})
-            else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": "no such page"})
-
-        def _request(self) -> dict:
-            """The checked JSON body of a POST: {"text", "again", "seed"}."""
-            self._check_host()
-            origin = self.headers.get("Origin")
-            if origin is not None and origin not in origins:
-                raise BadRequest(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
-            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the request must be application/json")
-            raw_length = self.headers.get("Content-Length")
-            if raw_length is None:
-                raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-            try:
-                length = int(raw_length)
-            except ValueError:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
-            if length < 0 or length > MAX_BODY_BYTES:
-                raise BadRequest(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY_BYTES} bytes"
-                )
-            try:
-                self._body_read = True
-                raw = self.rfile.read(length)
-            except TimeoutError:
-                raise BadRequest(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time") from None
-            if len(raw) < length:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise BadRequest(
-                    HTTPStatus.BAD_REQUEST, 'the request body must be JSON like {"text": "…"}'
-                ) from None
-            text = body.get("text") if isinstance(body, dict) else None
-            text = text.strip() if isinstance(text, str) else ""
-            if not text:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "请输入祝福对象和场景 (the text is empty)")
-            if len(text) > MAX_INPUT_CHARS:
-                raise BadRequest(
-                    HTTPStatus.BAD_REQUEST, f"the text is longer than {MAX_INPUT_CHARS} characters"
-                )
-            seed = body.get("seed", 0)
-            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "seed must be a whole number ≥ 0")
-            return {"text": text, "again": body.get("again") is True, "seed": seed}
-
-        def _discard_body(self, status: int) -> None:
-            """Read a small refused body, so that closing the connection does not reset it before the
-            client has read the answer; a large, timed-out or already read body is left alone."""
-            if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.REQUEST_ENTITY_TOO_LARGE):
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if 0 < length <= MAX_BODY_BYTES and not getattr(self, "_body_read", False):
-                    self.rfile.read(length)
-            except (ValueError, OSError):
-                pass
-
-        def _kwargs(self, req: dict) -> dict:
-            kwargs = dict(reply_kwargs)
-            if req["again"]:  # "another one": sample, whatever the default decoding
-                kwargs["temperature"] = kwargs.get("temperature") or AGAIN_TEMPERATURE
-                kwargs["seed"] = req["seed"]
-            return kwargs
-
-        def do_POST(self):
-            if self.path not in ("/api/chat", "/api/stream"):
-                self.close_connection = True
-                self._json(HTTPStatus.NOT_FOUND, {"error": "no such endpoint"})
-                return
-            try:
-                req = self._request()
-            except BadRequest as e:
-                self._discard_body(e.status)
-                self.close_connection = True
-                self._json(e.status, {"error": str(e)})
-                return
-            if not waiting.acquire(blocking=False):
-                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests waiting; try again"})
-                return
-            try:
-                if self.path == "/api/chat":
-                    with lock:
-                        output = reply(chat, req["text"], **self._kwargs(req))
-                    self._json(HTTPStatus.OK, {"input": req["text"], "output": output})
-                else:
-                    self._stream(req)
-            finally:
-                waiting.release()
-
-        def _stream(self, req: dict) -> None:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", "application/x-ndjson; charset=utf-8")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-
-            def event(obj: dict) -> None:
-                self.wfile.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
-                self.wfile.flush()
-
-            pieces = []
-            with lock:
-                for piece in reply_stream(chat, req["text"], **self._kwargs(req)):
-                    if piece:
-                        pieces.append(piece)
-                        event({"delta": piece})
-            event({"done": True, "input": req["text"], "output": "".join(pieces).strip()})
-
-    server.RequestHandlerClass = Handler
-    return server
+    return DemoServer(
+        (host, port),
+        chat,
+        page=page,
+        allowed_hosts=allowed_hosts,
+        body_timeout_s=body_timeout_s,
+        **reply_kwargs,
+    )
 
 
 def add_serve_arguments(parser) -> None:
@@ -395,15 +309,3 @@ def run_serve(args) -> int:
     )
     host, port = server.server_address[:2]
     return serve_until_interrupted(server, f"zhufu serve: http://{host}:{port}/")
-
-
-def serve_until_interrupted(server: ThreadingHTTPServer, banner: str) -> int:
-    """Print where the page is, serve until Ctrl-C, close the socket; the exit code of a clean stop."""
-    print(f"{banner} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0

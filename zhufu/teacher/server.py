@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -33,6 +32,7 @@ from zhufu.teacher.bank import DEFAULT_PHRASES, load_phrases
 from zhufu.teacher.compose import compose
 from zhufu.teacher.judge import is_judge_request, verdict
 from zhufu.teacher.prompt import parse_prompt
+from zhufu.web import LocalHandler, LocalServer, Refused
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ FINGERPRINT = "zhufu-offline-teacher (phrase bank, not an LLM)"
 CHAT_PATHS = {"/v1/chat/completions", "/chat/completions", "/api/paas/v4/chat/completions"}
 STATS_PATHS = {"/zhufu/stats", "/v1/zhufu/stats"}
 MODELS_PATHS = {"/v1/models", "/models", "/api/paas/v4/models"}
-# The HTTP API refuses a body over this size (413), and gives up on a client that sends nothing for
-# REQUEST_TIMEOUT_S seconds (a short body, a stalled or slow client): no request can hold a thread forever.
+# The HTTP API (zhufu.web's checks) refuses a body over this size (413), and gives up on a client that sends
+# nothing for REQUEST_TIMEOUT_S seconds (a short body, a stalled or slow client): no request can hold a
+# thread forever.
 MAX_BODY_BYTES = 1 << 20
 REQUEST_TIMEOUT_S = 15.0
 
@@ -80,31 +81,29 @@ def answer(body: dict, bank: dict, index: int = 0) -> str:
     return compose(ask, bank, random.Random(request_seed(body, index)))
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+def _invalid(message: str, param: str | None = None) -> Refused:
+    return Refused(400, message, param=param)
 
 
 def _check_body(body: object) -> dict:
     if not isinstance(body, dict):
-        raise _BadRequest("the request body must be a JSON object")
+        raise _invalid("the request body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _BadRequest("'messages' must be a non-empty list", "messages")
+        raise _invalid("'messages' must be a non-empty list", "messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _BadRequest(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
+            raise _invalid(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
-        raise _BadRequest("'n' must be an integer from 1 to 16", "n")
+        raise _invalid("'n' must be an integer from 1 to 16", "n")
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
     ):
-        raise _BadRequest("'max_tokens' must be a positive integer", "max_tokens")
+        raise _invalid("'max_tokens' must be a positive integer", "max_tokens")
     if body.get("model") is not None and not isinstance(body["model"], str):
-        raise _BadRequest("'model' must be a string", "model")
+        raise _invalid("'model' must be a string", "model")
     return body
 
 
@@ -140,10 +139,9 @@ def _error(message: str, type_: str, param: str | None = None, code: str | None 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class TeacherServer(ThreadingHTTPServer):
+class TeacherServer(LocalServer):
     """The HTTP server; `request_count` counts chat-completion requests (answered or not)."""
 
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(
@@ -153,15 +151,20 @@ class TeacherServer(ThreadingHTTPServer):
         *,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         max_body_bytes: int = MAX_BODY_BYTES,
+        allowed_hosts: tuple[str, ...] = (),
     ):
         self.bank = load_phrases(str(phrases))
-        self.request_timeout_s = request_timeout_s
-        self.max_body_bytes = max_body_bytes
         self.request_count = 0
         self.completion_count = 0
         self.error_count = 0
         self._lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(
+            address,
+            _Handler,
+            allowed_hosts=allowed_hosts,
+            max_body_bytes=max_body_bytes,
+            body_timeout_s=request_timeout_s,
+        )
 
     @property
     def base_url(self) -> str:
@@ -181,124 +184,54 @@ class TeacherServer(ThreadingHTTPServer):
             }
 
 
-class _Handler(BaseHTTPRequestHandler):
+ERROR_TYPES = {404: "not_found_error", 500: "server_error"}
+
+
+class _Handler(LocalHandler):
     server: TeacherServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't wait 40 ms between them
     server_version = "zhufu-offline-teacher"
 
-    def setup(self) -> None:
-        # the socket's timeout: for the headers, the body and an idle keep-alive connection
-        self.timeout = self.server.request_timeout_s
-        super().setup()
+    def error_body(self, e: Refused) -> dict:
+        """OpenAI's error shape, which the SDKs read."""
+        return _error(e.message, ERROR_TYPES.get(e.status, "invalid_request_error"), e.param, e.code)
 
-    def log_message(self, format: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    def refuse(self, e: Refused) -> None:
+        if e.status != 404:
+            self.server.count("error_count")
+        super().refuse(e)
 
-    def _send_json(self, status: int, payload: dict, *, close: bool = False) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        if close:  # the body was not read: the connection can't carry another request
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
-
-    def do_GET(self) -> None:
-        path = self._path()
-        if path in MODELS_PATHS:
+    def get(self, route: str) -> None:
+        if route in MODELS_PATHS:
             model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "zhufu"}
-            self._send_json(200, {"object": "list", "data": [model]})
-        elif path in STATS_PATHS:
-            self._send_json(200, self.server.stats())
+            self.send_json(200, {"object": "list", "data": [model]})
+        elif route in STATS_PATHS:
+            self.send_json(200, self.server.stats())
         else:
-            self._send_json(404, _error(f"no such endpoint: GET {path}", "not_found_error", code="not_found"))
-
-    def _refuse(self, status: int, message: str, code: str) -> None:
-        self.server.count("error_count")
-        self._send_json(status, _error(message, "invalid_request_error", code=code), close=True)
-
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering why it can't be read (length, size, type, timeout)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._refuse(411, "chunked bodies are not accepted; send Content-Length", "length_required")
-            return None
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            self._refuse(411, "Content-Length is required", "length_required")
-            return None
-        if not raw_length.strip().isdigit():
-            self._refuse(400, "Content-Length must be a non-negative integer", "bad_length")
-            return None
-        length = int(raw_length)
-        if length > self.server.max_body_bytes:
-            self._refuse(
-                413, f"the body is {length} bytes; at most {self.server.max_body_bytes}", "too_large"
-            )
-            return None
-        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            self._refuse(415, "Content-Type must be application/json", "unsupported_media_type")
-            return None
-        chunks, got = [], 0
-        while got < length:
-            try:
-                chunk = self.rfile.read1(length - got)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        raw = b"".join(chunks)
-        if len(raw) < length:
-            self._refuse(
-                408,
-                f"the body ended after {len(raw)} of {length} bytes (Content-Length) or arrived too slowly",
-                "timeout",
-            )
-            return None
-        return raw
+            self.send_json(404, self.error_body(Refused(404, f"no such endpoint: GET {route}", "not_found")))
 
     def do_POST(self) -> None:
-        path = self._path()
+        path = self.route
         if path not in CHAT_PATHS:
-            self._send_json(
-                404, _error(f"no such endpoint: POST {path}", "not_found_error", code="not_found"), close=True
-            )
+            self.refuse(Refused(404, f"no such endpoint: POST {path}", "not_found"))
             return
         self.server.count("request_count")
-        raw = self._read_body()
-        if raw is None:
-            return
         try:
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise _BadRequest(f"the request body is not valid JSON: {e}") from None
-            except RecursionError:
-                raise _BadRequest("the request body is nested too deeply") from None
-            body = _check_body(body)
+            body = _check_body(self.read_json())
             payload = completion(body, self.server.bank)
-        except _BadRequest as e:
-            self.server.count("error_count")
-            self._send_json(400, _error(str(e), "invalid_request_error", e.param))
+        except Refused as e:
+            self.refuse(e)
             return
         except Exception:  # a request the composer can't handle is that request's 500, not the server's end
             log.exception("offline teacher: request failed")
-            self.server.count("error_count")
-            self._send_json(500, _error("the teacher failed on this request", "server_error"), close=True)
+            self.refuse(Refused(500, "the teacher failed on this request"))
             return
         self.server.count("completion_count")
         if body.get("stream"):
             self._stream(payload)
         else:
-            self._send_json(200, payload)
+            self.send_json(200, payload)
 
     def _stream(self, payload: dict) -> None:
         """Server-sent events: one content chunk per choice, then a final chunk with usage, then [DONE]."""
@@ -317,20 +250,18 @@ class _Handler(BaseHTTPRequestHandler):
             events.append({**base, "object": "chat.completion.chunk", "choices": [done]})
         events.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": payload["usage"]})
         data = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
-        raw = data.encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        self.send_body(200, data.encode("utf-8"), "text/event-stream; charset=utf-8")
 
 
 def start_teacher(
-    host: str = "127.0.0.1", port: int = 0, phrases: str | Path = DEFAULT_PHRASES
+    host: str = "127.0.0.1",
+    port: int = 0,
+    phrases: str | Path = DEFAULT_PHRASES,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> TeacherServer:
     """Start the teacher in a background thread; call `.shutdown()` and `.server_close()` to stop it."""
     try:
-        server = TeacherServer((host, port), phrases)
+        server = TeacherServer((host, port), phrases, allowed_hosts=allowed_hosts)
     except OSError as e:
         raise ProviderError(
             f"offline teacher: cannot listen on {host}:{port} ({e.strerror}); use another --port"
@@ -380,10 +311,13 @@ def add_serve_teacher_arguments(parser) -> None:
     parser.add_argument(
         "--phrases", default=str(DEFAULT_PHRASES), help="phrase bank YAML (default: %(default)s)"
     )
+    parser.add_argument(
+        "--allow-host", action="append", default=[], help="another Host name the API may be reached by"
+    )
 
 
 def run_serve_teacher(args) -> int:
-    server = start_teacher(args.host, args.port, args.phrases)
+    server = start_teacher(args.host, args.port, args.phrases, tuple(args.allow_host))
     print(
         f"Zhufu offline teacher: a phrase bank, NOT an LLM. It composes blessings from {args.phrases}\n"
         f"so the workflow runs without an API key. OpenAI-compatible endpoint: {server.base_url}\n"

@@ -218,7 +218,6 @@ def resolve_profile(name: str, overrides: dict[str, Any] | None = None) -> dict[
     return profile
 
 
-_INT = "an integer"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -8,7 +8,8 @@ import pytest
 from helpers import ROOT, run_cmd
 
 from zhufu.config import load_config
-from zhufu.data.figures import FONT_PATH, draw_figures
+from zhufu.data.figures import draw_figures
+from zhufu.fonts import FONT_PATH
 
 CONFIG = load_config()
 

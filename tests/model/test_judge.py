@@ -11,7 +11,7 @@ import yaml
 from helpers import BIN, copy_project, run_cmd
 
 from zhufu.model.judge import parse_verdict
-from zhufu.teacher import running_teacher, teacher_stats
+from zhufu.teacher.server import running_teacher, teacher_stats
 
 GOOD = "亲爱的姐姐，生日快乐！愿你新的一岁所求皆如愿呀🎂"
 ROWS = [

@@ -9,8 +9,9 @@ from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, ROOT, copy_project, run_cmd
 
 from zhufu.config import load_config
 from zhufu.data.clean import clean_records
+from zhufu.data.decisions import load_decisions, record_text
 from zhufu.errors import DataError
-from zhufu.model.review import load_decisions, make_review_server, record_text
+from zhufu.model.review import make_review_server
 
 CONFIG = load_config()
 RECORDS = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))

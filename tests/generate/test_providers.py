@@ -112,7 +112,7 @@ def test_identity_leaves_out_port_and_key():
 
 
 def test_offline_kind_uses_the_teacher_and_its_cache_survives_a_new_port(monkeypatch, tmp_path):
-    from zhufu.teacher import running_teacher, teacher_stats
+    from zhufu.teacher.server import running_teacher, teacher_stats
 
     monkeypatch.delenv("ZHUFU_TEST_KEY", raising=False)
     config = make_config(kind="offline", model="zhufu-offline-teacher", base_url=None, api_key_env=None)

@@ -1,5 +1,6 @@
 """The web demo, driven in a real headless Chromium: pick or type a request, read the streamed answer; and
-its API under misuse (cross-origin, rebinding, wrong type, short or huge bodies) and a short load."""
+its API under a short load, some requests malformed. The web layer's checks (Host, Origin, type, length,
+size, time) are tested against all three servers in tests/core/test_web.py."""
 
 import http.client
 import json
@@ -14,9 +15,9 @@ import pytest
 from helpers import CHROMIUM, CHROMIUM_FLAGS, ROOT, greedy_answer
 
 from zhufu.config import load_config
-from zhufu.data.figures import FONT_PATH
+from zhufu.fonts import FONT_PATH
 from zhufu.model.chat import load_chat_model
-from zhufu.model.serve import MAX_BODY_BYTES, make_server, page_html
+from zhufu.model.serve import make_server, page_html
 from zhufu.train.base_model import build_tiny_model
 
 CONFIG = load_config()
@@ -117,22 +118,11 @@ def length(body: bytes) -> dict:
 @pytest.mark.parametrize(
     ("headers", "body", "status", "message"),
     [
-        # a form or text/plain POST from another site (CSRF needs no preflight for these)
-        ({"Content-Type": "text/plain"}, GOOD, 415, "application/json"),
-        ({"Content-Type": "application/x-www-form-urlencoded"}, b"text=x", 415, "application/json"),
-        # cross-origin, even with the right type
-        ({**JSON, "Origin": "http://evil.example"}, GOOD, 403, "cross-origin"),
-        ({**JSON, "Origin": "null"}, GOOD, 403, "cross-origin"),
-        # DNS rebinding: evil.example resolves to 127.0.0.1, the Host header still says evil.example
-        ({**JSON, "Host": "evil.example:80"}, GOOD, 421, "Host"),
-        ({**JSON, "Content-Length": None}, b"", 411, "Content-Length"),
-        ({**JSON, "Content-Length": "12abc"}, b"", 400, "not a number"),
-        ({**JSON, "Content-Length": str(MAX_BODY_BYTES + 1)}, b"", 413, "over"),
         (JSON, b"[1, 2]", 400, "empty"),
         (JSON, json.dumps({"text": "x", "seed": -1}).encode(), 400, "seed"),
     ],
 )
-def test_api_refuses_misuse_with_a_status_and_a_message(server, headers, body, status, message):
+def test_both_endpoints_refuse_a_bad_request_with_a_message(server, headers, body, status, message):
     _, url = server
     headers = {**length(body), **headers}
     for path in ("/api/chat", "/api/stream"):
@@ -145,29 +135,6 @@ def test_same_origin_post_is_answered(server):
     _, url = server
     got, body = raw(url, "POST", "/api/chat", GOOD, {**JSON, **length(GOOD), "Origin": url})
     assert got == 200 and body["input"] == "祝姐姐生日快乐"
-
-
-def test_rebinding_host_is_refused_for_the_page_too(server):
-    _, url = server
-    assert raw(url, "GET", "/", headers={"Host": "evil.example"})[0] == 421
-    status, page = raw(url, "GET", "/")
-    assert status == 200 and b"ZhufuCJK" in page
-
-
-def test_a_short_body_times_out_instead_of_blocking(server):
-    _, url = server
-    port = int(url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(
-            f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            "Content-Length: 100\r\n\r\n".encode()
-            + b'{"text": "'
-        )
-        start = time.monotonic()
-        answer = sock.recv(4096).decode("utf-8", "replace")
-        waited = time.monotonic() - start
-    assert answer.startswith("HTTP/1.0 408") or answer.startswith("HTTP/1.1 408")
-    assert waited < 15  # the fixture's body timeout is 1 s
 
 
 def test_the_label_and_the_lists_are_escaped():

@@ -1,16 +1,18 @@
 """The offline teacher's HTTP API under misuse: raw sockets on 127.0.0.1 send what a careless or hostile
 client would. Every request gets an answer or a closed connection within the server's timeout; none hangs
-a thread, none ends the server, and the well-formed ones are still answered."""
+a thread, none ends the server, and the well-formed ones are still answered. The checks it shares with the
+demo and the review page (Host, Origin, type, length, size, time) are tests/core/test_web.py's; these are
+the API's own (the request's fields, prompts, a load)."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import time
 
 import openai
 import pytest
+from helpers import http_exchange
 
 from zhufu.teacher.prompt import MAX_CHARS_CAP
 from zhufu.teacher.server import TeacherServer
@@ -38,65 +40,22 @@ def exchange(
 ) -> tuple[int, str]:
     """Send raw bytes, read until the server closes or a full response arrives; (status, body) or (0, '')."""
     host, port = server.server_address[:2]
-    with socket.create_connection((host, port), timeout=read_timeout) as sock:
-        sock.sendall(raw)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep:
-                length = next(
-                    (
-                        int(h.split(b":")[1])
-                        for h in head.split(b"\r\n")
-                        if h.lower().startswith(b"content-length")
-                    ),
-                    None,
-                )
-                if length is not None and len(body) >= length:
-                    break
-    if not data:
-        return 0, ""
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body.decode("utf-8", "replace")
+    raw = raw.replace(b"Host: HOST", f"Host: {host}:{port}".encode())
+    status, _, body = http_exchange(server.server_address, raw, read_timeout)
+    return status, body.decode("utf-8", "replace")
 
 
 def post(
     body: bytes, *, ctype: str = "application/json", length: int | None = None, extra: str = ""
 ) -> bytes:
     n = len(body) if length is None else length
-    headers = f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+    headers = f"POST /v1/chat/completions HTTP/1.1\r\nHost: HOST\r\nContent-Type: {ctype}\r\n"
     return (headers + f"Content-Length: {n}\r\n{extra}\r\n").encode() + body
 
 
 MISUSES = [
     ("bad JSON", post(b'{"messages": ['), 400, "not valid JSON"),
-    ("not UTF-8", post('{"messages": "生日"}'.encode("gbk")), 400, "not valid JSON"),
-    ("deeply nested JSON", post(b"[" * 30_000 + b"]" * 30_000), 400, "nested too deeply"),
     ("a JSON list", post(b"[1, 2]"), 400, "JSON object"),
-    ("text/plain", post(GOOD, ctype="text/plain"), 415, "application/json"),
-    ("form encoded", post(GOOD, ctype="application/x-www-form-urlencoded"), 415, "application/json"),
-    (
-        "no Content-Length",
-        GOOD.join([b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n\r\n", b""]),
-        411,
-        "Content-Length",
-    ),
-    (
-        "chunked",
-        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        411,
-        "chunked",
-    ),
-    ("negative length", post(b"", length=-5), 400, "Content-Length"),
-    ("huge length", post(b"{}", length=10**12), 413, "at most"),
-    ("body over the limit", post(b" " * (65 * 1024) + b"{}"), 413, "at most"),
     ("n = true", post(b'{"messages": [{"role": "user", "content": "x"}], "n": true}'), 400, "'n'"),
     ("n = 10**6", post(b'{"messages": [{"role": "user", "content": "x"}], "n": 1000000}'), 400, "'n'"),
     (
@@ -115,20 +74,6 @@ def test_misuse_gets_a_clear_http_error(server, name, raw, status, message):
     got, body = exchange(server, raw)
     assert got == status, body
     assert message in json.loads(body)["error"]["message"]
-
-
-def test_a_short_body_times_out_instead_of_hanging(server):
-    start = time.monotonic()
-    got, body = exchange(server, post(b'{"messages"', length=500))
-    assert got == 408 and "ended after 11 of 500 bytes" in body
-    assert time.monotonic() - start < TIMEOUT_S * 5
-
-
-def test_a_stalled_client_is_dropped(server):
-    """Half a request line, then nothing: the server closes the connection after its timeout."""
-    start = time.monotonic()
-    got, _ = exchange(server, b"POST /v1/chat/comp")
-    assert got == 0 and time.monotonic() - start < TIMEOUT_S * 5
 
 
 def test_prompt_patterns_that_could_be_slow_or_huge_are_answered(server):

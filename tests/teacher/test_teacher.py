@@ -15,23 +15,25 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 import yaml
 import zhipuai
+from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from snakemake.utils import update_config
 
-from zhufu import teacher
 from zhufu.config import load_config, validate_config
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, build_prompt, cells, load_suitability
+from zhufu.teacher.bank import load_phrases
+from zhufu.teacher.compose import compose
+from zhufu.teacher.prompt import Ask, parse_prompt
+from zhufu.teacher.server import running_teacher, start_teacher, teacher_stats
 from zhufu.text import EMOJI_RE
 
-ROOT = Path(__file__).resolve().parent.parent
 EMOJI = EMOJI_RE
 # The default grid's generated recipient × scene pairs: 8 × 6, less 5 marked 0 in resources/suitability.csv,
 # less the 9 that grid.holdout keeps out of training for the evaluation.
@@ -41,7 +43,7 @@ HAN = re.compile(r"[\u4e00-\u9fff]")
 
 @pytest.fixture(scope="module")
 def server():
-    srv = teacher.start_teacher()
+    srv = start_teacher()
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -82,7 +84,7 @@ def han_share(text: str) -> float:
 
 
 def stats(server) -> dict:
-    return teacher.teacher_stats(server.base_url)
+    return teacher_stats(server.base_url)
 
 
 # --- the OpenAI-shaped API ------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def test_injected_rules_are_obeyed(client, config):
     strict["injections"] = [
         "回答里不要出现对象称谓和场景名称，也不要用“愿你”“祝你”（给自家长辈的祝福可以保留称谓和“祝你”）。"
     ]
-    bank = teacher.load_phrases()
+    bank = load_phrases()
     for style in config["styles"]:
         prompts = list(grid_prompts(strict, style, rounds=1))
         assert len(prompts) == DEFAULT_CELLS, style
@@ -203,11 +205,11 @@ def test_injected_rules_are_obeyed(client, config):
 def test_tianji_v2_styles_are_shaped_and_respect_their_bands(client):
     config = v2_config()
     assert len(config["styles"]) == 9
-    bank = teacher.load_phrases()
+    bank = load_phrases()
     for style, spec in config["styles"].items():
         texts = []
         for prompt in grid_prompts(config, style, rounds=1):
-            assert teacher.parse_prompt(prompt.messages[-1]["content"], bank).style == style
+            assert parse_prompt(prompt.messages[-1]["content"], bank).style == style
             text = ask(client, prompt.messages)
             texts.append(text)
             where = f"{style} {prompt.cell.recipient}×{prompt.cell.scene}: {text}"
@@ -317,13 +319,13 @@ def test_unknown_path_is_a_404_with_json(server):
 
 
 def test_running_teacher_yields_a_base_url_and_stops():
-    with teacher.running_teacher() as url:
+    with running_teacher() as url:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", url)
         c = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=5)
         assert ask(c, [{"role": "user", "content": "祝爷爷康复"}])
-        assert teacher.teacher_stats(url)["requests"] == 1
+        assert teacher_stats(url)["requests"] == 1
     with pytest.raises(OSError):
-        teacher.teacher_stats(url, timeout=2)
+        teacher_stats(url, timeout=2)
 
 
 def test_serve_teacher_cli_says_what_it_is_and_serves():
@@ -365,11 +367,11 @@ def test_a_broken_phrase_bank_names_the_key(tmp_path):
     path = tmp_path / "phrases.yaml"
     path.write_text(yaml.safe_dump(bank, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"scenes\.春节\.greet"):
-        teacher.start_teacher(phrases=path)
+        start_teacher(phrases=path)
 
 
 def test_the_bank_covers_tianji_recipients_and_scenes(config):
-    bank = teacher.load_phrases()
+    bank = load_phrases()
     full = yaml.safe_load((ROOT / "configs/full-grid.yaml").read_text(encoding="utf-8"))["grid"]
     assert set(full["recipients"]) <= set(bank["recipients"])
     assert set(full["scenes"]) <= set(bank["scenes"])
@@ -419,7 +421,7 @@ def test_default_run_data_passes_the_cleaning_rules(client, config):
     assert len(kept) >= 0.95 * len(records), len(kept)
 
 
-BANK = teacher.load_phrases()
+BANK = load_phrases()
 
 
 @settings(max_examples=400, deadline=None)
@@ -438,8 +440,8 @@ def test_any_ask_gets_a_fitting_answer(
 ):
     """Whatever the limit, recipient (known or not), scene and rules: non-empty, shorter than the limit,
     emoji only for 小红书 (always, once there is room) and 放飞自我, and the rules kept."""
-    ask_ = teacher.Ask(recipient, scene, style, max_chars, no_address, no_scene, no_wish_words)
-    text = teacher.compose(ask_, BANK, random.Random(seed))
+    ask_ = Ask(recipient, scene, style, max_chars, no_address, no_scene, no_wish_words)
+    text = compose(ask_, BANK, random.Random(seed))
     assert text and len(text) < max_chars
     n_emoji = len(EMOJI.findall(text))
     if style == "小红书" and max_chars >= 12:

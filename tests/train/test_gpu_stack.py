@@ -1,5 +1,6 @@
 """The GPU stack's parts match (tools/check_stack.py), and the QLoRA profile builds as far as this machine allows."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,8 +9,16 @@ import warnings
 import pytest
 from helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "tools"))
-import check_stack  # noqa: E402
+
+def _tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_stack = _tool("check_stack")
 
 
 def test_bitsandbytes_ships_a_native_library_for_torchs_cuda():

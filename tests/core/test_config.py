@@ -128,7 +128,7 @@ def test_the_data_hash_sees_the_provider_identity_only():
     """The card's config hash (a param of clean) ignores how the data is fetched, not what it is."""
     import copy
 
-    from zhufu.data.card import data_config_hash
+    from zhufu.config import data_config_hash
 
     config = load_config()
     fetched_otherwise = copy.deepcopy(config)

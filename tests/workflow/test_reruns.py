@@ -202,6 +202,12 @@ def test_the_phrase_bank_reruns_offline_generation(copy):
         ("zhufu/data/clean.py", AFTER_CLEAN),
         ("zhufu/train/export.py", {"pth_to_hf": 1, "merge_model": 1, "evaluate": 1, "all": 1}),
         ("zhufu/model/evaluate.py", {"evaluate": 1, "all": 1}),
+        ("zhufu/model/chat.py", {"evaluate": 1, "all": 1}),
+        ("zhufu/data/decisions.py", AFTER_CLEAN),
+        ("zhufu/generate/engine.py", AFTER_GENERATE),
+        # the web demo and the review page are commands: no rule imports them (docs/architecture.md)
+        ("zhufu/model/serve.py", {}),
+        ("zhufu/model/review.py", {}),
     ],
 )
 def test_a_stage_module_reruns_that_stage_and_after(copy, module, expected):

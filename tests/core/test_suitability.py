@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 from snakemake.utils import update_config
 
 from zhufu.config import validate_config
 from zhufu.grid import cells, load_suitability
 
-ROOT = Path(__file__).resolve().parent.parent
 CSV = ROOT / "resources/suitability.csv"
 
 # Tianji v1 (tools/finetune/data_maker), in its order; "工作升职" without Tianji's trailing space.

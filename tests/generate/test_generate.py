@@ -17,9 +17,10 @@ from gen_helpers import KEY, all_shards, make_cli_config, make_config, n_cells, 
 from helpers import ROOT
 
 from zhufu import grid
+from zhufu.config import shard_config, with_operation
 from zhufu.errors import ProviderError
 from zhufu.generate.estimate import estimate_shards
-from zhufu.generate.run import generate_shards, shard_config, with_operation
+from zhufu.generate.run import generate_shards
 from zhufu.grid import iter_cells
 
 

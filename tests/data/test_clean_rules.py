@@ -11,7 +11,7 @@ from zhufu.config import load_config
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise, shingles
 from zhufu.data.prefilter import PATTERN_KEYS, required_chars
 from zhufu.data.rules import RuleContext, repetition_ratio
-from zhufu.data.verdicts import apply_record_rules
+from zhufu.data.verdicts import record_verdict
 from zhufu.text import chinese_ratio, count_chars, count_emoji
 
 CONFIG = load_config()
@@ -33,7 +33,7 @@ BLESSING_WORDS = [
 def run(text, recipient="姐姐", scene="生日", style="正常", rules=None, matrix=None):
     ctx = RuleContext(styles=STYLES, matrix=matrix)
     meta = {"recipient": recipient, "scene": scene, "style": style}
-    return apply_record_rules(text, meta, rules or RULES, ctx)
+    return record_verdict(text, meta, rules or RULES, ctx)
 
 
 def only(rule_name, **overrides):

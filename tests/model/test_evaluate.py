@@ -5,19 +5,11 @@ import json
 import pytest
 
 from zhufu.config import load_config
-from zhufu.data.figures import loss_figure, read_scalars
 from zhufu.errors import ConfigError
 from zhufu.grid import cells, held_out, holdout_pairs, iter_cells, load_suitability
-from zhufu.model.evaluate import (
-    bootstrap,
-    distinct_n,
-    evaluation_inputs,
-    score_answer,
-    summarise,
-    table_html,
-    table_markdown,
-    write_results,
-)
+from zhufu.model.evaluate import METRICS, evaluation_inputs, score_answer, write_results
+from zhufu.model.summary import bootstrap, distinct_n, summarise, table_html, table_markdown
+from zhufu.train.loss import loss_figure, read_scalars
 
 CONFIG = load_config()
 MATRIX = load_suitability(CONFIG["grid"]["suitability"])
@@ -197,7 +189,7 @@ def test_summary_table_and_files(tmp_path):
     good = ["把好运装进口袋，今天也要闪闪发光呀✨"] * 12
     bad = ["<script>alert(1)</script>"] * 12
     data = scored("base", "小红书", bad) + scored("tuned", "小红书", good)
-    groups = summarise(data, ["小红书", "正常"], resamples=300, seed=0)
+    groups = summarise(data, ["小红书", "正常"], resamples=300, metrics=METRICS, seed=0)
     assert set(groups) == {"小红书", "all"}  # no 正常 answers: no 正常 group
     assert groups["小红书"]["emoji_band"]["verdict"] == "better"
     assert groups["小红书"]["length_band"]["tuned"]["value"] == 1.0
@@ -209,15 +201,17 @@ def test_summary_table_and_files(tmp_path):
             for c, d in zip("甲乙丙丁戊己庚辛壬癸子丑", "天地玄黄宇宙洪荒日月盈昃", strict=True)
         ],
     )
-    d1 = summarise(scored("base", "正常", good) + varied, ["正常"], resamples=300)["正常"]["distinct_1"][
-        "tuned"
-    ]
+    d1 = summarise(scored("base", "正常", good) + varied, ["正常"], resamples=300, metrics=METRICS)["正常"][
+        "distinct_1"
+    ]["tuned"]
     assert d1["ci"][0] <= d1["value"] <= d1["ci"][1]  # the bias-shifted interval holds its value
     md = table_markdown(groups, "t")
     assert "| 小红书 | emoji_band | 12/12 | 0.00 [0.00, 0.00] | 1.00 [1.00, 1.00] |" in md
     page = table_html(groups, "<t>")
     assert "&lt;t&gt;" in page and "<t>" not in page
-    odd = summarise(scored("base", "<i>", good) + scored("tuned", "<i>", good), ["<i>"], resamples=100)
+    odd = summarise(
+        scored("base", "<i>", good) + scored("tuned", "<i>", good), ["<i>"], resamples=100, metrics=METRICS
+    )
     page = table_html(odd, "t")
     assert "<td>&lt;i&gt;</td>" in page and "<i>" not in page
     files = {k: tmp_path / f"{k}.out" for k in ("generations", "metrics", "table_md", "table_html")}
@@ -264,7 +258,7 @@ def test_held_out_group_leaves_tianjis_inputs_out():
     holdout = [{**r, "source": "holdout"} for r in scored("tuned", "正常", ["祝你生日快乐呀"] * 4)]
     tianji = [{**r, "source": "tianji"} for r in scored("tuned", "正常", ["快乐"] * 6)]
     base = [{**r, "source": "holdout"} for r in scored("base", "正常", ["快乐"] * 4)]
-    groups = summarise(holdout + tianji + base, ["正常"], resamples=200)
+    groups = summarise(holdout + tianji + base, ["正常"], resamples=200, metrics=METRICS)
     assert groups["held-out"]["length_band"]["tuned"] == {"value": 1.0, "n": 4, "ci": [1.0, 1.0]}
     assert groups["all"]["length_band"]["tuned"]["n"] == 10
     assert groups["held-out"]["length_band"]["base"]["n"] == 4
@@ -280,7 +274,7 @@ def test_the_html_table_carries_its_own_cjk_font(tmp_path):
     from fontTools.ttLib import TTFont
 
     rows = scored("base", "小红书", ["快乐"] * 4) + scored("tuned", "小红书", ["姐姐生日快乐呀🎂"] * 4)
-    page = table_html(summarise(rows, ["小红书"], resamples=100), "评测：基础 vs 微调")
+    page = table_html(summarise(rows, ["小红书"], resamples=100, metrics=METRICS), "评测：基础 vs 微调")
     m = re.search(
         r'@font-face\{font-family:"ZhufuCJK";src:url\(data:font/ttf;base64,([A-Za-z0-9+/=]+)\)', page
     )

@@ -1,0 +1,33 @@
+"""Token estimates before a call, and what a call costs at the provider block's price table."""
+
+from __future__ import annotations
+
+import math
+
+from zhufu.text import count_cjk
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count: one per CJK character, one per 4 other characters."""
+    cjk = count_cjk(text)
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def prompt_tokens_estimate(messages: list[dict]) -> int:
+    return sum(estimate_tokens(m["content"]) + 4 for m in messages) + 2
+
+
+def completion_tokens_estimate(config: dict, style: str) -> int:
+    return min(config["provider"]["max_tokens"], config["styles"][style]["max_chars"] + 8)
+
+
+def cost_of(provider: dict, prompt_tokens: float, completion_tokens: float) -> float:
+    price = provider.get("price") or {}
+    return (
+        prompt_tokens * price.get("input_per_1m", 0.0) + completion_tokens * price.get("output_per_1m", 0.0)
+    ) / 1e6
+
+
+def money(provider: dict, amount: float) -> str:
+    currency = (provider.get("price") or {}).get("currency", "")
+    return f"{amount:.4f} {currency}".strip()

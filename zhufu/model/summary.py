@@ -1,0 +1,160 @@
+"""Base vs tuned, per metric: bootstrap intervals, verdicts and the table (Markdown and a standalone HTML
+page), shared by the evaluation (zhufu.model.evaluate) and the LLM judge (zhufu.model.judge)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from zhufu.fonts import font_face_css
+
+ALL = "all"
+# every style, the held-out grid pairs only (Tianji's inputs left out: some name scenes and recipients that
+# are in no training record, 元宵节 and 大家, so no model trained here can get them right)
+HELD_OUT = "held-out"
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [t[i : i + n] for t in texts for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _value(metric: str, rows: list[dict]) -> float | None:
+    if metric.startswith("distinct_"):
+        return distinct_n([r["output"] for r in rows], int(metric[-1])) if rows else None
+    flags = [r["scores"][metric] for r in rows if r["scores"][metric] is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
+def _applicable(metric: str, rows: list[dict]) -> list[dict]:
+    if metric.startswith("distinct_"):
+        return rows
+    return [r for r in rows if r["scores"][metric] is not None]
+
+
+def _interval(metric: str, value: float, draws, level: float) -> list[float]:
+    """Percentile interval for shares (a resample's mean is unbiased). distinct-n of a resample is biased low
+    (a resample repeats answers), so its interval is shifted by the bootstrap's bias estimate, mean − value."""
+    import numpy as np
+
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    bias = float(np.mean(draws)) - value if metric.startswith("distinct_") else 0.0
+    return [float(lo - bias), float(hi - bias)]
+
+
+def bootstrap(
+    metric: str, base: list[dict], tuned: list[dict], *, resamples: int, seed: int, level: float = 0.95
+) -> dict[str, Any]:
+    """Values, percentile intervals and the tuned − base difference with its interval, from one bootstrap."""
+    import numpy as np
+
+    base, tuned = _applicable(metric, base), _applicable(metric, tuned)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    draws: dict[str, np.ndarray] = {}
+    for name, rows in (("base", base), ("tuned", tuned)):
+        value = _value(metric, rows)
+        out[name] = {"value": value, "n": len(rows), "ci": None}
+        if value is None:
+            continue
+        idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
+        draws[name] = np.array([_value(metric, [rows[i] for i in row]) for row in idx], dtype=float)
+        out[name]["ci"] = _interval(metric, value, draws[name], level)
+    if len(draws) == 2:
+        diff = draws["tuned"] - draws["base"]
+        value = out["tuned"]["value"] - out["base"]["value"]
+        lo, hi = _interval(metric, value, diff, level)
+        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+        out["diff"] = {"value": value, "ci": [lo, hi]}
+        out["verdict"] = verdict
+    else:
+        out["diff"], out["verdict"] = None, "not scored"
+    return out
+
+
+def summarise(
+    rows: list[dict], styles: list[str], *, metrics: tuple[str, ...], resamples: int = 1000, seed: int = 0
+) -> dict:
+    """metrics.json's `groups`: per style, `all`, and `held-out` (the held-out grid pairs of every style), per
+    metric, both models with intervals and a verdict."""
+    groups: dict[str, dict] = {}
+    for k, group in enumerate([*styles, ALL, HELD_OUT]):
+        if group == HELD_OUT:
+            sel = [r for r in rows if r.get("source") == "holdout"]
+        else:
+            sel = [r for r in rows if group == ALL or r["style"] == group]
+        if not sel:
+            continue
+        base = [r for r in sel if r["model"] == "base"]
+        tuned = [r for r in sel if r["model"] == "tuned"]
+        groups[group] = {
+            m: bootstrap(m, base, tuned, resamples=resamples, seed=seed + 97 * k + j)
+            for j, m in enumerate(metrics)
+        }
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+def _fmt(cell: dict | None, signed: bool = False) -> str:
+    if not cell or cell.get("value") is None:
+        return "–"
+    v = cell["value"]
+    text = f"{v:+.2f}" if signed else f"{v:.2f}"
+    if cell.get("ci"):
+        lo, hi = cell["ci"]
+        text += f" [{lo:+.2f}, {hi:+.2f}]" if signed else f" [{lo:.2f}, {hi:.2f}]"
+    return text
+
+
+TABLE_COLUMNS = (
+    "style",
+    "metric",
+    "n",
+    "base [95% CI]",
+    "tuned [95% CI]",
+    "tuned − base [95% CI]",
+    "verdict",
+)
+
+
+def table_rows(groups: dict) -> list[list[str]]:
+    rows = []
+    for group, metrics in groups.items():
+        for metric, m in metrics.items():
+            n = f"{m['base']['n']}/{m['tuned']['n']}"
+            rows.append(
+                [group, metric, n, _fmt(m["base"]), _fmt(m["tuned"]), _fmt(m["diff"], True), m["verdict"]]
+            )
+    return rows
+
+
+def table_markdown(groups: dict, title: str) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in table_rows(groups):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_html(groups: dict, title: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in TABLE_COLUMNS)
+    body = []
+    for row in table_rows(groups):
+        verdict = row[-1]
+        cls = {"better": "better", "worse": "worse"}.get(verdict, "same")
+        body.append(f'<tr class="{cls}">' + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+    rows = "".join(body)
+    # the shipped CJK font, cut to the table's characters: no tofu where the browser has no CJK font
+    font = font_face_css(title + "".join(TABLE_COLUMNS) + rows)
+    return (
+        '<!doctype html>\n<html lang="zh"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{font}"
+        'body{font-family:"ZhufuCJK",sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;'
+        "padding:.2rem .5rem;text-align:left}tr.better td:last-child{color:#1a7f37;font-weight:bold}"
+        "tr.worse td:last-child{color:#b00020;font-weight:bold}</style></head><body>"
+        f"<h1>{esc(title)}</h1><table><thead><tr>{head}</tr></thead><tbody>"
+        + rows
+        + "</tbody></table></body></html>\n"
+    )
