@@ -222,7 +222,7 @@ def read_records(path: str | Path, chunk_chars: int = 1 << 22) -> list:
                 more()
             if _SPACE.match(buf, pos).end() != len(buf):  # extra data after the list
                 return validate_records(read_json(p), p)
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, RecursionError):  # read_json words each of these in one line
         return validate_records(read_json(p), p)
     return validate_records(records, p)
 
