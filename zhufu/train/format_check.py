@@ -56,8 +56,8 @@ def check_format(
     When `training` (training_view of the profile) packs, the samples counted are the packed ones, as
     training sees them. A set with fewer than `min_samples` samples is refused (DataError, nothing
     written), and so is one whose epoch schedule mmengine would refuse before the first step (a warm-up of
-    0 iterations, or no iteration left after it): the train rule, which waits for this check, never starts
-    on a set it cannot train.
+    0 iterations, or no iteration left after it) or never warm up (1 iteration): the train rule, which waits
+    for this check, never starts on a set it cannot train.
     """
     training = training or {}
     pack = bool(training.get("pack_to_max_length"))
@@ -111,7 +111,6 @@ def check_format(
     what = f"packed samples of {max_length} tokens" if pack else "samples after XTuner's processing"
     if samples < min_samples:
         raise DataError(_too_few(train, samples, what, min_samples))
-    # the schedule is checked on the fewest samples training can see (its shuffle can cost each shard one)
     shuffle_loss = procs - 1 if pack and training.get("shuffle_before_pack") else 0
     fewest = what
     if shuffle_loss:

@@ -176,16 +176,16 @@ TINY_TEMPLATES = {"qwen2": ("qwen_chat",), "internlm2": ("internlm2_chat",)}
 
 
 def check_model_matches(profile: dict[str, Any], model: dict[str, Any]) -> None:
-    """ConfigError when a tiny base model's architecture and the profile's template or modules disagree."""
+    """ConfigError when a tiny base model's architecture and the profile's template disagree."""
     if model.get("source") != "tiny":
         return
     architecture = (model.get("tiny") or {}).get("architecture", "qwen2")
-    fits = [
-        n
-        for n, p in PROFILES.items()
-        if p.get("prompt_template", BASE["prompt_template"]) in TINY_TEMPLATES[architecture]
-    ]
     if profile["prompt_template"] not in TINY_TEMPLATES[architecture]:
+        fits = [
+            n
+            for n, p in PROFILES.items()
+            if p.get("prompt_template", BASE["prompt_template"]) in TINY_TEMPLATES[architecture]
+        ]
         raise ConfigError(
             f"train.profile {profile['name']} uses the {profile['prompt_template']} template, but "
             f"model.tiny.architecture {architecture} is built for {TINY_TEMPLATES[architecture][0]}; choose "
