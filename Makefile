@@ -2,6 +2,8 @@
 # Both bootstrap .venv from requirements.lock first when it is missing or stale.
 VENV  ?= .venv
 CORES ?= 2
+# pytest-xdist workers for `make test`; tests/conftest.py groups the tests so each workflow runs once
+TEST_WORKERS ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: venv run report test lint fmt dry-run clean-results
@@ -17,7 +19,7 @@ report: run
 	snakemake --cores $(CORES) --report results/report.html
 
 test: venv
-	python -m pytest -q --durations=12 $(PYTEST_ARGS)
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=12 $(PYTEST_ARGS)
 
 lint: venv
 	ruff check .

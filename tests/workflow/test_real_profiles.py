@@ -25,7 +25,11 @@ LR = 2e-4  # both QLoRA profiles' learning rate
 REQUEST = "祝妹妹谈判顺利，小红书风格"
 
 
-@pytest.fixture(scope="module", params=sorted(PROFILES))
+# each profile's tests in one pytest-xdist group (tests/conftest.py): its workflow runs once, on one worker
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(arch, marks=pytest.mark.xdist_group(f"real-{arch}")) for arch in sorted(PROFILES)],
+)
 def run(request, tmp_path_factory):
     arch = request.param
     project = copy_project(tmp_path_factory.mktemp(f"real-{arch}") / "project")

@@ -1,5 +1,6 @@
 """What an edit reruns, at the Snakemake level: the default workflow runs once for real; each edit is made in
-a copy of the finished project (results/ and .snakemake/ metadata, mtimes kept) and checked through the plan
+a copy of the finished project (results/ and .snakemake/ metadata, mtimes kept; the session's one default run,
+tests/conftest.py) and checked through the plan
 (`snakemake -n`, jobs per rule) and, where it is cheap, a real rerun. README "Rerunning after edits" is the
 same table."""
 
@@ -9,11 +10,12 @@ import shutil
 
 import pytest
 import yaml
-from helpers import BIN, ROOT, copy_project, run_cmd
+from helpers import BIN, ROOT, run_cmd
 
 from zhufu.config import PROVIDER_IDENTITY, PROVIDER_OPERATION
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the module fixture runs the workflow
+# the first test also runs the default workflow (the session fixture default_run), unless another did
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("default-run")]
 
 # The jobs of the default workflow after the raw shards: merge → clean → figures, base_model (the tiny one
 # is built from train.json), check_format, render_config → train → loss_figure, pth_to_hf → merge_model →
@@ -42,20 +44,11 @@ def plan(project, *args) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("reruns") / "project")
-    # the default run with 20 training iterations instead of 600: what reruns does not depend on how long
-    edit_config(project, lambda c: c["train"]["overrides"].update(max_iters=20))
-    result = snakemake(project)
-    assert result.returncode == 0, result.stderr[-6000:]
-    return project
-
-
 @pytest.fixture
-def copy(finished, tmp_path):
-    """The finished project, copied with its results, metadata and cache, every mtime kept."""
-    return shutil.copytree(finished, tmp_path / "project", copy_function=shutil.copy2, symlinks=True)
+def copy(default_run, tmp_path):
+    """The finished default project (tests/conftest.py), copied with its results, metadata and cache, every
+    mtime kept."""
+    return shutil.copytree(default_run, tmp_path / "project", copy_function=shutil.copy2, symlinks=True)
 
 
 def edit_config(project, change):

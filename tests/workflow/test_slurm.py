@@ -1,7 +1,7 @@
 """The workflow submitted to a real SLURM cluster (the one-node cluster of tests/slurm/start_cluster.sh).
 
 The embedded default workflow runs with `--executor slurm` and the project's test profile in a copy of the
-project. Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
+project (20 training iterations), beside the session's local default run. Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
 COMPLETED; the train job was given a GPU (`AllocTRES` has gres/gpu); the data stages' files are byte for
 byte those of a local run; the shipped cluster profile asks for N GPUs on one node for the 8-GPU fine-tune;
 a failing job makes snakemake exit non-zero promptly instead of hanging; and with a teacher that needs a
@@ -23,8 +23,14 @@ import yaml
 from faultserver import FaultServer
 from helpers import BIN, ROOT, copy_project
 
-# the first test also runs the workflow on SLURM and locally (the module fixture): up to 25 min
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(2400)]
+# the first test also runs the workflow on SLURM (the module fixture), and locally unless another module did
+# (the session fixture default_run): up to 25 min
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.timeout(2400),
+    pytest.mark.xdist_group("default-run"),
+]
 
 ACCOUNT = os.environ.get("ZHUFU_SLURM_ACCOUNT", "zhufu")
 # Data-stage files that must be identical between a SLURM run and a local run.
@@ -134,24 +140,16 @@ def job_stats(output: str) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def workflow_runs(slurm_cluster, tmp_path_factory):
-    """The default workflow on SLURM, and its data stages locally (at the same time, in another copy)."""
+def workflow_runs(slurm_cluster, default_run, tmp_path_factory):
+    """The default workflow on SLURM, beside the session's local default run (tests/conftest.py).
+
+    The SLURM run trains 20 iterations instead of the profile's 3000: what is checked here (every rule a
+    completed job, the train job's GPU, the data stages byte for byte) does not depend on how long it trains.
+    """
     base = tmp_path_factory.mktemp("slurm")
     on_slurm = copy_project(base / "on_slurm")
-    local = copy_project(base / "local")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    local_log = base / "local_run.log"
-    with local_log.open("w") as log:
-        local_proc = subprocess.Popen(
-            ["timeout", "-s", "KILL", "900", str(BIN / "snakemake"), "--cores", "1", *DATA_FILES],
-            cwd=local,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        result, wall = slurm_run(on_slurm, "--jobs", "4", limit_s=1500)
-        local_proc.wait(timeout=1000)
-    local_out = local_log.read_text()
+    (on_slurm / "short.yaml").write_text(yaml.safe_dump({"train": {"overrides": {"max_iters": 20}}}))
+    result, wall = slurm_run(on_slurm, "--jobs", "4", "--configfile", "short.yaml", limit_s=1500)
     output = result.stdout + result.stderr
     ids = submitted_job_ids(output)
     print(
@@ -159,8 +157,7 @@ def workflow_runs(slurm_cluster, tmp_path_factory):
     )
     (base / "slurm_run.log").write_text(output)
     assert result.returncode == 0, f"snakemake on SLURM failed (rc {result.returncode}):\n{output[-8000:]}"
-    assert local_proc.returncode == 0, f"local data-stage run failed:\n{local_out[-4000:]}"
-    return {"project": on_slurm, "local": local, "output": output, "job_ids": ids}
+    return {"project": on_slurm, "local": default_run, "output": output, "job_ids": ids}
 
 
 def test_every_cluster_rule_ran_as_a_completed_slurm_job(workflow_runs):

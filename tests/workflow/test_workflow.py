@@ -5,10 +5,10 @@ import re
 import shutil
 
 import pytest
-from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, copy_project, run_cmd
+from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, run_cmd
 
-# the first test also runs the whole workflow (the module fixture): up to snakemake's own 30 min limit
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+# the first test also runs the whole workflow (the session fixture default_run): up to 30 min
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("default-run")]
 
 CONTRACT = [
     "results/data/merged.json",
@@ -39,11 +39,9 @@ def snakemake(project, *args, timeout=1800):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("wf") / "project")
-    result = snakemake(project)
-    assert result.returncode == 0, result.stderr[-6000:]
-    return project
+def run(default_run):
+    """The finished default workflow (tests/conftest.py), shared with test_reruns.py and test_slurm.py."""
+    return default_run
 
 
 def test_every_contracted_file_exists(run):
