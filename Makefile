@@ -19,7 +19,7 @@ report: run
 	snakemake --cores $(CORES) --report results/report.html
 
 test: venv
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=12 $(PYTEST_ARGS)
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=12 $(PYTEST_ARGS)
 
 lint: venv
 	ruff check .

@@ -25,10 +25,10 @@ LR = 2e-4  # both QLoRA profiles' learning rate
 REQUEST = "祝妹妹谈判顺利，小红书风格"
 
 
-# each profile's tests in one pytest-xdist group (tests/conftest.py): its workflow runs once, on one worker
+# each profile's tests are one pytest-xdist work unit (tests/conftest.py GROUPS): its workflow runs once, on one worker
 @pytest.fixture(
     scope="module",
-    params=[pytest.param(arch, marks=pytest.mark.xdist_group(f"real-{arch}")) for arch in sorted(PROFILES)],
+    params=sorted(PROFILES),
 )
 def run(request, tmp_path_factory):
     arch = request.param

@@ -15,7 +15,7 @@ from helpers import BIN, ROOT, run_cmd
 from zhufu.config import PROVIDER_IDENTITY, PROVIDER_OPERATION
 
 # the first test also runs the default workflow (the session fixture default_run), unless another did
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("default-run")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 # The jobs of the default workflow after the raw shards: merge → clean → figures, base_model (the tiny one
 # is built from train.json), check_format, render_config → train → loss_figure, pth_to_hf → merge_model →

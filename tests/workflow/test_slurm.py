@@ -29,7 +29,6 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
     pytest.mark.timeout(2400),
-    pytest.mark.xdist_group("default-run"),
 ]
 
 ACCOUNT = os.environ.get("ZHUFU_SLURM_ACCOUNT", "zhufu")

@@ -8,7 +8,7 @@ import pytest
 from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, run_cmd
 
 # the first test also runs the whole workflow (the session fixture default_run): up to 30 min
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("default-run")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 CONTRACT = [
     "results/data/merged.json",
