@@ -56,3 +56,31 @@ def test_many_processes_write_at_once(tmp_path):
         assert len(c) == 600
         assert c.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert c.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _open_at_once(path, barrier, errors):
+    barrier.wait()
+    try:
+        AnswerCache(path).close()
+    except Exception as e:  # noqa: BLE001 - the test reports what any opener saw
+        errors.put(str(e))
+
+
+def test_jobs_that_open_a_new_cache_at_once_all_open_it(tmp_path):
+    # Two generate jobs of a fresh run (snakemake --cores 2) open the cache that neither made yet:
+    # SQLite answers the loser of the WAL set-up "database is locked" at once, without its busy handler.
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for attempt in range(30):
+        path = tmp_path / f"c{attempt}.sqlite"
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, errors)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    seen = []
+    while not errors.empty():
+        seen.append(errors.get())
+    assert seen == []

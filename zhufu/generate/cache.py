@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
 from zhufu.errors import ProviderError
 
 SCHEMA = """
@@ -106,6 +108,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+OPEN_PATIENCE_S = 30
+
+
+def _locked(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
 @dataclass(frozen=True)
 class CachedAnswer:
     text: str
@@ -119,19 +128,37 @@ class AnswerCache:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-                self.conn.executescript(SCHEMA)
-            self.conn.execute("PRAGMA busy_timeout=30000")
+            # Two jobs that open a new cache at once race for WAL set-up and the schema; SQLite answers
+            # the loser "database is locked" without waiting on its busy handler, so the open retries.
+            for attempt in Retrying(
+                retry=retry_if_exception(_locked),
+                stop=stop_after_delay(OPEN_PATIENCE_S),
+                wait=wait_random_exponential(multiplier=0.02, max=0.5),
+                reraise=True,
+            ):
+                with attempt:
+                    self.conn = self._connect(readonly)
         except sqlite3.DatabaseError as e:
             raise ProviderError(
                 f"cache {self.path}: cannot open ({e}); check the `cache` path in config"
             ) from None
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+            conn.execute("PRAGMA busy_timeout=30000")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def get(self, key: str) -> CachedAnswer | None:
         row = self.conn.execute(
