@@ -1,5 +1,5 @@
-# Manufacture: one job per style × round. Each job calls the configured LLM (or the offline teacher it
-# starts itself) through the persistent answer cache, which lives outside results/ and is not an output:
+# Manufacture: one job per style × round (one job for them all with a local teacher, below). Each job calls
+# the configured LLM (or the offline teacher it starts itself) through the persistent answer cache, which lives outside results/ and is not an output:
 # deleting results/ and rerunning makes 0 requests. Parallel jobs share the cache safely (SQLite WAL), and
 # with it the spend ledger (the budget) and the request log (the rpm/tpm caps) of the whole run. They are
 # local rules (Snakefile): on a cluster they run on the submitting host, where the internet, the key and
@@ -12,6 +12,7 @@ from zhufu.config import (  # noqa: E402
     cache_path,
     estimate_view,
     shard_config,
+    shards_config,
     suitability_input,
 )
 
@@ -21,34 +22,71 @@ wildcard_constraints:
     style="|".join(map(re.escape, STYLES)),
 
 
-rule generate:
-    input:
-        suitability=suitability_input(config),
-        code=code("scripts/generate.py"),
-        # the offline teacher's phrase bank is its model: an edit reruns the shards (and is a new cache key)
-        phrases=lambda wc: (
-            "resources/phrases.yaml" if config["provider"]["kind"] == "offline" else []
-        ),
-    output:
-        shard="results/raw/{style}/round_{round}.json",
-        # cells that failed for good (under provider.max_failed_share); empty when none
-        failures="results/raw/{style}/round_{round}.failures.jsonl",
-    log:
-        "logs/generate/{style}/round_{round}.log",
-    benchmark:
-        "benchmarks/generate/{style}/round_{round}.tsv"
-    conda:
-        "../envs/generate.yaml"
-    params:
-        # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
-        # those from the config at run time, so changing them reruns nothing)
-        shard_config=lambda wc: shard_config(config, wc.style),
-        cache=cache_path(config),
-    script:
-        "../scripts/generate.py"
+SHARD = "results/raw/{style}/round_{round}.json"
+# cells that failed for good (under provider.max_failed_share); empty when none
+FAILURES = "results/raw/{style}/round_{round}.failures.jsonl"
+SHARDS = expand(SHARD, style=STYLES, round=ROUNDS)
+# A local teacher (provider.kind: local) is a model server the job starts and stops itself: one job makes
+# every shard, so one server is started (one GPU job on a cluster) and one process writes the cache.
+LOCAL_TEACHER = config["provider"]["kind"] == "local"
 
 
-SHARDS = expand(rules.generate.output.shard, style=STYLES, round=ROUNDS)
+if not LOCAL_TEACHER:
+
+    rule generate:
+        input:
+            suitability=suitability_input(config),
+            code=code("scripts/generate.py"),
+            # the offline teacher's phrase bank is its model: an edit reruns the shards (and is a new cache key)
+            phrases=lambda wc: (
+                "resources/phrases.yaml"
+                if config["provider"]["kind"] == "offline"
+                else []
+            ),
+        output:
+            shard=SHARD,
+            failures=FAILURES,
+        log:
+            "logs/generate/{style}/round_{round}.log",
+        benchmark:
+            "benchmarks/generate/{style}/round_{round}.tsv"
+        conda:
+            "../envs/generate.yaml"
+        params:
+            # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
+            # those from the config at run time, so changing them reruns nothing)
+            shard_config=lambda wc: shard_config(config, wc.style),
+            cache=cache_path(config),
+        script:
+            "../scripts/generate.py"
+
+else:
+
+    rule generate_local:
+        input:
+            suitability=suitability_input(config),
+            code=code("scripts/generate_local.py"),
+            # the teacher's weights (a retrained model is a new cache key, and reruns the shards)
+            teacher=config["provider"]["model_path"],
+        output:
+            shards=SHARDS,
+            failures=expand(FAILURES, style=STYLES, round=ROUNDS),
+        log:
+            "logs/generate/local.log",
+        benchmark:
+            "benchmarks/generate/local.tsv"
+        conda:
+            "../envs/generate.yaml"
+        threads: 2
+        resources:
+            gpu=config["provider"]["gpus"],
+        params:
+            # every style's shard config (the provider's identity: model_path, not launch or gpus)
+            shards_config=shards_config(config),
+            rounds=ROUNDS,
+            cache=cache_path(config),
+        script:
+            "../scripts/generate_local.py"
 
 
 rule shards:

@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "chat": ("zhufu.model.chat", "ask the tuned model for a blessing, once or interactively"),
     "serve": ("zhufu.model.serve", "serve a web demo of the tuned model on 127.0.0.1"),
+    "serve-model": (
+        "zhufu.model.api",
+        "serve a Hugging Face model directory behind an OpenAI-compatible API (batched, 127.0.0.1)",
+    ),
     "review": (
         "zhufu.model.review",
         "review the cleaned records in a local web page; decisions feed `clean`",

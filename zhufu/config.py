@@ -54,7 +54,7 @@ DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
 # timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
 # reads it from the workflow's config at run time (with_operation below), never from params.
 # Every key of the schema's provider block is in exactly one of the two (tests/workflow/test_reruns.py checks).
-PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens")
+PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens", "model_path")
 PROVIDER_OPERATION = (
     "api_key_env",
     "timeout_s",
@@ -68,6 +68,9 @@ PROVIDER_OPERATION = (
     "max_failed_share",
     "price",
     "budget",
+    "launch",
+    "launch_timeout_s",
+    "gpus",
 )
 
 
@@ -94,6 +97,13 @@ def shard_config(config: dict[str, Any], style: str) -> dict[str, Any]:
     provider block to its identity (the generate rule's params: a rate limit or budget reruns nothing)."""
     sub = {k: v for k, v in data_view(config, SHARD_KEYS).items() if k in config}
     sub["styles"] = {style: config["styles"][style]}
+    return sub
+
+
+def shards_config(config: dict[str, Any]) -> dict[str, Any]:
+    """shard_config with every style: the params of the one generate job of a local teacher (kind local)."""
+    sub = {k: v for k, v in data_view(config, SHARD_KEYS).items() if k in config}
+    sub["styles"] = dict(config["styles"])
     return sub
 
 
@@ -372,6 +382,11 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
     if provider["kind"] != "offline" and not provider.get("base_url") and provider["kind"] == "openai":
         raise ConfigError(
             f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)"
+        )
+    if provider["kind"] == "local" and not provider.get("model_path"):
+        raise ConfigError(
+            f"{source}: provider.model_path is required for kind 'local' (the model directory the workflow "
+            "serves with provider.launch, e.g. another run's results/model/merged)"
         )
     model = config.get("model", {})
     if model.get("source") == "path" and not model.get("path"):

@@ -30,6 +30,7 @@ ALLOWED = {
 # so on. Written out, so that a new import that widens a rule's inputs fails here until it is meant.
 RULE_FAMILIES = {
     "generate": {"generate", "teacher"},
+    "generate_local": {"generate", "teacher"},  # a local teacher's one job (rules/generate.smk)
     "estimate": {"generate", "teacher"},
     "import_data": {"data"},
     "merge": {"data"},
@@ -117,7 +118,7 @@ def rule_scripts() -> dict[str, tuple[str, str, str | None]]:
     found = {}
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         for m in re.finditer(
-            r"^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text(encoding="utf-8"), re.M | re.S
+            r"^[ ]*rule (\w+):\n(.*?)(?=^[ ]*rule |\Z)", smk.read_text(encoding="utf-8"), re.M | re.S
         ):
             script = re.search(r'script:\s*\n\s*"\.\./(scripts/\w+\.py)"', m[2])
             code = re.search(r'code\("(scripts/\w+\.py)"\)', m[2])

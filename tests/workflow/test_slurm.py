@@ -345,3 +345,58 @@ def test_the_api_key_reaches_no_slurm_job_and_generation_stays_on_the_host(slurm
         p for p in (project / "logs").rglob("*") if p.is_file() and secret in p.read_text(errors="replace")
     ]
     assert not logs, logs
+
+
+def test_a_local_teacher_generates_in_one_gpu_job_the_only_cache_writer(slurm_cluster, tmp_path):
+    """provider.kind local on SLURM: every shard comes from one `generate_local` job on the GPU partition,
+    with --gpus from provider.gpus, serving a tiny Qwen2 with `zhufu serve-model`; no generate job runs on
+    the submitting host, so that one job is the only process that writes the answer cache."""
+    import json
+
+    from zhufu.generate.cache import AnswerCache
+    from zhufu.train.base_model import build_tiny_model
+
+    sample = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
+    rows = [
+        {"conversation": [{k: r["conversation"][0][k] for k in ("system", "input", "output")}]}
+        for r in sample
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    model = build_tiny_model(tmp_path / "train.json", tmp_path / "teacher", seed=1)
+    project = copy_project(tmp_path / "project")
+    overlay = {
+        "rounds": 1,
+        "grid": {
+            "recipients": ["姐姐", "领导"],
+            "scenes": ["生日", "春节"],
+            "suitability": None,
+            "holdout": {"fraction": 0},
+        },
+        "provider": {
+            "kind": "local",
+            "model": "tiny-teacher",
+            "model_path": str(model),
+            "max_tokens": 16,
+            "gpus": 1,
+        },
+    }
+    (project / "run.yaml").write_text(yaml.safe_dump(overlay, allow_unicode=True), encoding="utf-8")
+    result, wall = slurm_run(
+        project, "--configfile", "run.yaml", "--jobs", "2", "results/data/merged.json", limit_s=900
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    ids = submitted_job_ids(output)
+    jobs = sacct(ids)
+    print(f"\nlocal-teacher run: {wall:.0f} s, {len(ids)} SLURM jobs\n{sacct_table(ids)}")
+    [job] = jobs
+    assert rule_of(job["Comment"]) == "generate_local" and job["State"] == "COMPLETED", jobs
+    assert "gres/gpu=1" in job["AllocTRES"], job
+    assert not re.findall(r"^localrule generate\w*:", output, flags=re.M)  # nothing generated on this host
+    log = (project / "logs/generate/local.log").read_text(encoding="utf-8")
+    assert "local teacher: ready at http://127.0.0.1:" in log and "local teacher: stopped" in log
+    requested = [int(n) for n in re.findall(r"(\d+) requested", log)]
+    assert len(requested) == 3 and all(requested)  # 3 styles × 1 round, from the one job
+    merged = json.loads((project / "results/data/merged.json").read_text(encoding="utf-8"))
+    with AnswerCache(project / ".zhufu-cache/llm.sqlite") as cache:
+        assert len(cache) == sum(requested) == len(merged)

@@ -3,6 +3,7 @@
 Kinds:
 - ``openai``: any OpenAI-compatible endpoint (DeepSeek, SiliconFlow, vLLM, Ollama, llama.cpp) via ``AsyncOpenAI``.
 - ``offline``: the same client pointed at Zhufu's offline teacher (a phrase bank on 127.0.0.1, not an LLM).
+- ``local``: the same client pointed at a model server the run starts itself (zhufu.generate.local).
 - ``zhipuai``: glm-4 via the ``zhipuai`` SDK, which is synchronous, so calls run in a thread pool.
 
 The SDKs' own retries are disabled (``max_retries=0``): retries, backoff and rate limits are owned by
@@ -125,7 +126,11 @@ def provider_identity(provider: dict, endpoint: str | None = None) -> dict:
     serving that name.
     """
     identity = {"kind": provider["kind"], "model": provider["model"]}
-    if provider["kind"] == "offline":
+    if provider["kind"] == "local" and not endpoint:
+        from zhufu.generate.local import model_digest  # hashes the weights: only for a local teacher
+
+        identity["weights"] = model_digest(provider["model_path"])  # wherever and on whichever port served
+    elif provider["kind"] == "offline":
         from zhufu.teacher.bank import bank_digest  # the teacher's package is needed only offline
 
         identity["bank"] = bank_digest()  # an edited phrase bank answers anew
@@ -154,7 +159,7 @@ def hide_api_key_from_jobs(provider: dict) -> str | None:
     on another node has nothing to read, and no job's environment or script holds the key.
     """
     env = provider.get("api_key_env")
-    if provider["kind"] == "offline" or not env or env not in os.environ:
+    if provider["kind"] in ("offline", "local") or not env or env not in os.environ:
         return None
     key = os.environ.pop(env)
     directory = tempfile.mkdtemp(prefix="zhufu-key-")
@@ -178,8 +183,8 @@ def _key_from_env(env: str) -> str:
 
 def resolve_api_key(provider: dict) -> str:
     """The key from the env var named by provider.api_key_env, checked before any request is made."""
-    if provider["kind"] == "offline":
-        return OFFLINE_API_KEY
+    if provider["kind"] in ("offline", "local"):
+        return OFFLINE_API_KEY  # a local teacher gets its own token when it starts (zhufu.generate.local)
     env = provider.get("api_key_env")
     if not env:
         raise ProviderError(

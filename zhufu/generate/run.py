@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +27,11 @@ from zhufu.generate.engine import FATAL_STATUS, RunState, call_with_retries, sto
 from zhufu.generate.estimate import add_shard_arguments, estimate, selected_shards
 from zhufu.generate.keys import cell_key, spend_scope
 from zhufu.generate.limits import Limits
+from zhufu.generate.local import LOG_DIR_ENV, serving
 from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.progress import RunProgress
 from zhufu.generate.providers import CallError, make_provider, resolve_api_key
 from zhufu.io import atomic_path, write_jsonl
-from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger("zhufu.generate")
 
@@ -215,16 +216,6 @@ def write_shard(
     stats.written = True
 
 
-@contextlib.contextmanager
-def _endpoint(config: dict, base_url: str | None):
-    """The base_url to call: the given one, the config's, or a freshly started offline teacher."""
-    if base_url or config["provider"]["kind"] != "offline":
-        yield base_url or config["provider"].get("base_url")
-        return
-    with running_teacher() as url:
-        yield url
-
-
 def _other_endpoint(config: dict, base_url: str | None) -> str | None:
     """`--base-url` when it is not the config's own endpoint: its answers are its own in the cache."""
     return base_url if base_url and base_url != config["provider"].get("base_url") else None
@@ -262,8 +253,8 @@ def generate_shards(
     endpoint = _other_endpoint(config, base_url)
     share = p.get("max_failed_share", 0.0)
     with AnswerCache(cache_path) as cache:
-        with _endpoint(config, base_url) as url:
-            client = make_provider(p, api_key, url)
+        with serving(p, api_key, base_url) as (url, key):
+            client = make_provider(p, key, url)
             started = time.monotonic()
             state = asyncio.run(_run(config, stats, matrix, cache, client, progress, endpoint))
             seconds = time.monotonic() - started
@@ -342,6 +333,28 @@ def generate_shard(
 ) -> ShardStats:
     """Generate one shard (the Snakemake rule's entry point)."""
     return generate_shards(config, [(style, round_, out_path)], cache_path, base_url=base_url)[0]
+
+
+def generate_local_shards(
+    config: dict,
+    rounds: list[int],
+    out_paths: list[str | Path],
+    cache_path: str | Path,
+    *,
+    log_path: str | Path | None = None,
+) -> list[ShardStats]:
+    """Every shard in one job with one local teacher (the generate_local rule): `out_paths` are
+    <dir>/<style>/round_<r>.json; the server's log goes beside `log_path`."""
+    if log_path is not None:
+        os.environ[LOG_DIR_ENV] = str(Path(log_path).resolve().parent)
+    shards = []
+    for out in out_paths:
+        out = Path(out)
+        style, round_ = out.parent.name, int(out.stem.removeprefix("round_"))
+        if round_ not in rounds:
+            raise ProviderError(f"{out}: round {round_} is not one of the run's rounds {rounds}")
+        shards.append((style, round_, out))
+    return generate_shards(config, shards, cache_path)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

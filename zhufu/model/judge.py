@@ -34,6 +34,7 @@ from zhufu.generate.cache import AnswerCache, cache_key, canonical_request, open
 from zhufu.generate.engine import RunState, call_with_retries, store_paid
 from zhufu.generate.keys import spend_scope
 from zhufu.generate.limits import Limits
+from zhufu.generate.local import serving
 from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.providers import (
     CallError,
@@ -44,7 +45,6 @@ from zhufu.generate.providers import (
 )
 from zhufu.io import write_json, write_jsonl, write_text
 from zhufu.model.summary import summarise, table_html, table_markdown
-from zhufu.teacher.server import running_teacher
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +195,8 @@ def judge(rows: list[dict], config: dict, cache_path: str | Path, outputs: dict)
             api_key = resolve_api_key(provider)
             for noisy in ("httpx", "openai", "zhipuai"):
                 logging.getLogger(noisy).setLevel(logging.WARNING)
-            if provider["kind"] == "offline" and not provider.get("base_url"):
-                with running_teacher() as url:
-                    failures = asyncio.run(
-                        _judge_all(provider, todo, cache, make_provider(provider, api_key, url))
-                    )
-            else:
-                failures = asyncio.run(_judge_all(provider, todo, cache, make_provider(provider, api_key)))
+            with serving(provider, api_key) as (url, key):  # the offline or a local teacher, started here
+                failures = asyncio.run(_judge_all(provider, todo, cache, make_provider(provider, key, url)))
         if failures:
             shown = "; ".join(sorted(set(failures))[:5])
             raise ProviderError(
