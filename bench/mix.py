@@ -1,0 +1,90 @@
+"""How much general dialogue to mix in (`data.mix`): the blessings the tuned default writes, and whether it
+still answers requests that are not blessings.
+
+Each variant is the embedded default run with `data.mix` set to one share of Zhufu's own general set
+(resources/general_dialogue.json), run to `results/eval/metrics.json` in its own copy of the project, one
+after another (bench/recipient_scene.py's copy and run). It prints, per share, the tuned model's held-out
+recipient, scene and length band (the table's `held-out` group), the off-task group's leakage and on_topic
+(base and tuned), and the wall time of the run and of its train and evaluate rules.
+
+    .venv/bin/python bench/mix.py                  # shares 0, 0.1, 0.3
+    .venv/bin/python bench/mix.py --shares 0 0.2
+    .venv/bin/python bench/mix.py --keep /tmp/mix  # keep the copies (results/, logs)
+
+A share's numbers come from one seeded run: the intervals say how far to trust them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipient_scene import project_copy, run_variant  # noqa: E402  (the sibling bench's copy and run)
+
+SOURCE = "resources/general_dialogue.json"
+HELD_OUT = ("recipient", "scene", "length_band")
+OFF_TASK = ("leakage", "on_topic")
+
+
+def overlay(share: float) -> dict:
+    return {"data": {"mix": [{"source": SOURCE, "share": share}] if share else []}}
+
+
+def _cell(cell: dict | None) -> str:
+    if not cell or cell.get("value") is None:
+        return "–"
+    return f"{cell['value']:.2f} [{cell['ci'][0]:.2f}, {cell['ci'][1]:.2f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.1, 0.3])
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-mix-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
+    names = {share: f"share-{share:g}" for share in args.shares}
+    for name in names.values():  # every copy first: the checkout may change while the variants run
+        project_copy(workdir / name)
+    results = []
+    try:
+        for share, name in names.items():
+            r = run_variant(name, overlay(share), workdir)
+            metrics = json.loads((workdir / name / "results/eval/metrics.json").read_text(encoding="utf-8"))
+            report = json.loads(
+                (workdir / name / "results/data/clean_report.json").read_text(encoding="utf-8")
+            )
+            r["share"], r["mixed"] = share, report["rows_mixed"]
+            r["off_task"] = metrics["groups"].get("off-task", {})
+            results.append(r)
+            print(json.dumps(r, ensure_ascii=False), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    head = ["share", "train rows (mixed)", *[f"held-out tuned {m}" for m in HELD_OUT]]
+    head += [f"off-task {who} {m}" for m in OFF_TASK for who in ("base", "tuned")]
+    head += ["run s", "train s", "eval s"]
+    print("\n| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in results:
+        row = [f"{r['share']:g}", f"{r['records']} ({r['mixed']})"]
+        row += [_cell((r["metrics"].get(m) or {}).get("tuned")) for m in HELD_OUT]
+        row += [_cell((r["off_task"].get(m) or {}).get(who)) for m in OFF_TASK for who in ("base", "tuned")]
+        row += [f"{r['wall']:.0f}", f"{r['train'] or 0:.0f}", f"{r['evaluate'] or 0:.0f}"]
+        print("| " + " | ".join(row) + " |")
+    print("\noff-task verdicts (tuned − base):")
+    for r in results:
+        verdicts = ", ".join(f"{m} {(r['off_task'].get(m) or {}).get('verdict', '–')}" for m in OFF_TASK)
+        print(f"  share {r['share']:g}: {verdicts}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
