@@ -68,7 +68,10 @@ def mix_sources(mix: list[dict]) -> list[str]:
 def source_records(entry: dict, index: int, rules: dict, styles: dict, system_prompt: str) -> list[dict]:
     """One mix entry's source as raw records of its rule set."""
     source = entry["source"]
-    rows = conversation_rows(read_rows(source), entry.get("fields"), source)
+    try:
+        rows = conversation_rows(read_rows(source), entry.get("fields"), source)
+    except DataError as e:
+        raise DataError(f"data.mix[{index}].source: {e}") from None
     parse_config = {
         "grid": {"recipients": [], "scenes": []},
         "styles": styles,
@@ -77,8 +80,8 @@ def source_records(entry: dict, index: int, rules: dict, styles: dict, system_pr
     }
     try:
         records = import_records(rows, parse_config, source, rule_set=entry["rule_set"], model="mix")
-    except ConfigError as e:
-        raise ConfigError(f"data.mix[{index}]: {e}") from None
+    except (ConfigError, DataError) as e:
+        raise type(e)(f"data.mix[{index}]: {e}") from None
     for r in records:
         r["meta"]["provider"] = "mix"
     return records

@@ -104,7 +104,7 @@ def off_task_requests(path: str | os.PathLike) -> list[dict]:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the off-task requests: {e}") from None
+        raise ConfigError(f"{path}: cannot read the off-task requests: {' '.join(str(e).split())}") from None
     rows = data.get("requests") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
         raise ConfigError(f"{path}: expected `requests:`, a non-empty list of {{input, kind}}")
@@ -223,7 +223,7 @@ def score_answer(text: str, item: dict, config: dict, words: dict | None = None)
         return score_off_task(text, item["input"], config, words)
     style = config["styles"].get(item.get("style") or "")
     recipient, scene = item.get("recipient"), item.get("scene")
-    scores: dict[str, bool | None] = dict.fromkeys((*RATE_METRICS, *OFF_TASK_METRICS))
+    scores: dict[str, bool | None] = dict.fromkeys(RATE_METRICS)
     if style is not None:
         n = count_chars(text)
         scores["length_band"] = style.get("min_chars", 0) <= n <= style["max_chars"]
