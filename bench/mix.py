@@ -10,6 +10,7 @@ recipient, scene and length band (the table's `held-out` group), the off-task gr
     .venv/bin/python bench/mix.py                  # shares 0, 0.1, 0.3
     .venv/bin/python bench/mix.py --shares 0 0.2
     .venv/bin/python bench/mix.py --keep /tmp/mix  # keep the copies (results/, logs)
+    .venv/bin/python bench/mix.py --iters 60       # a smoke run: NOT the default's 3000 iterations
 
 A share's numbers come from one seeded run: the intervals say how far to trust them.
 """
@@ -32,8 +33,11 @@ HELD_OUT = ("recipient", "scene", "length_band")
 OFF_TASK = ("leakage", "on_topic")
 
 
-def overlay(share: float) -> dict:
-    return {"data": {"mix": [{"source": SOURCE, "share": share}] if share else []}}
+def overlay(share: float, iters: int | None = None) -> dict:
+    out: dict = {"data": {"mix": [{"source": SOURCE, "share": share}] if share else []}}
+    if iters:
+        out["train"] = {"overrides": {"max_iters": iters}}
+    return out
 
 
 def _cell(cell: dict | None) -> str:
@@ -45,18 +49,25 @@ def _cell(cell: dict | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.1, 0.3])
+    ap.add_argument(
+        "--iters",
+        type=int,
+        help="train this many iterations instead of the default's (a smoke run, not the default)",
+    )
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-mix-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
+    if args.iters:
+        print(f"SMOKE RUN: {args.iters} training iterations, not the default's", flush=True)
     names = {share: f"share-{share:g}" for share in args.shares}
     for name in names.values():  # every copy first: the checkout may change while the variants run
         project_copy(workdir / name)
     results = []
     try:
         for share, name in names.items():
-            r = run_variant(name, overlay(share), workdir)
+            r = run_variant(name, overlay(share, args.iters), workdir)
             metrics = json.loads((workdir / name / "results/eval/metrics.json").read_text(encoding="utf-8"))
             report = json.loads(
                 (workdir / name / "results/data/clean_report.json").read_text(encoding="utf-8")

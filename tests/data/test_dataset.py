@@ -41,6 +41,9 @@ def config_file(tmp_path):
     csv.write_text(SUITABILITY, encoding="utf-8")
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     config["grid"]["suitability"] = str(csv)
+    config["data"] = {
+        "mix": []
+    }  # the fixture's pinned verdicts are of blessings only (data.mix: test_mix.py)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path
