@@ -11,6 +11,8 @@ recipient, scene and length band (the table's `held-out` group), the off-task gr
     .venv/bin/python bench/mix.py --shares 0 0.2
     .venv/bin/python bench/mix.py --keep /tmp/mix  # keep the copies (results/, logs)
     .venv/bin/python bench/mix.py --iters 60       # a smoke run: NOT the default's 3000 iterations
+    .venv/bin/python bench/mix.py --table /tmp/mix # the table again from kept copies (after `zhufu evaluate
+                                                   # --rescore` in each, say), running nothing
 
 A share's numbers come from one seeded run: the intervals say how far to trust them.
 """
@@ -46,39 +48,20 @@ def _cell(cell: dict | None) -> str:
     return f"{cell['value']:.2f} [{cell['ci'][0]:.2f}, {cell['ci'][1]:.2f}]"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.1, 0.3])
-    ap.add_argument(
-        "--iters",
-        type=int,
-        help="train this many iterations instead of the default's (a smoke run, not the default)",
-    )
-    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
-    args = ap.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-mix-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
-    if args.iters:
-        print(f"SMOKE RUN: {args.iters} training iterations, not the default's", flush=True)
-    names = {share: f"share-{share:g}" for share in args.shares}
-    for name in names.values():  # every copy first: the checkout may change while the variants run
-        project_copy(workdir / name)
-    results = []
-    try:
-        for share, name in names.items():
-            r = run_variant(name, overlay(share, args.iters), workdir)
-            metrics = json.loads((workdir / name / "results/eval/metrics.json").read_text(encoding="utf-8"))
-            report = json.loads(
-                (workdir / name / "results/data/clean_report.json").read_text(encoding="utf-8")
-            )
-            r["share"], r["mixed"] = share, report["rows_mixed"]
-            r["off_task"] = metrics["groups"].get("off-task", {})
-            results.append(r)
-            print(json.dumps(r, ensure_ascii=False), flush=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+def read_variant(project: Path, r: dict) -> dict:
+    """A variant's figures from its copy: the held-out and off-task groups, the rows mixed in."""
+    metrics = json.loads((project / "results/eval/metrics.json").read_text(encoding="utf-8"))
+    report = json.loads((project / "results/data/clean_report.json").read_text(encoding="utf-8"))
+    held = metrics["groups"]["held-out"]
+    return {
+        **r,
+        "metrics": {m: held[m] for m in HELD_OUT},
+        "mixed": report["rows_mixed"],
+        "off_task": metrics["groups"].get("off-task", {}),
+    }
+
+
+def print_table(results: list[dict]) -> None:
     head = ["share", "train rows (mixed)", *[f"held-out tuned {m}" for m in HELD_OUT]]
     head += [f"off-task {who} {m}" for m in OFF_TASK for who in ("base", "tuned")]
     head += ["run s", "train s", "eval s"]
@@ -94,6 +77,50 @@ def main() -> int:
     for r in results:
         verdicts = ", ".join(f"{m} {(r['off_task'].get(m) or {}).get('verdict', '–')}" for m in OFF_TASK)
         print(f"  share {r['share']:g}: {verdicts}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.1, 0.3])
+    ap.add_argument(
+        "--iters",
+        type=int,
+        help="train this many iterations instead of the default's (a smoke run, not the default)",
+    )
+    ap.add_argument(
+        "--table", type=Path, help="print the table of the copies kept in this folder; run nothing"
+    )
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    args = ap.parse_args()
+    if args.table:
+        runs = sorted(args.table.glob("share-*/bench-result.json"))
+        print_table([read_variant(p.parent, json.loads(p.read_text(encoding="utf-8"))) for p in runs])
+        return 0
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-mix-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; copies under {workdir}", flush=True)
+    if args.iters:
+        print(f"SMOKE RUN: {args.iters} training iterations, not the default's", flush=True)
+    names = {share: f"share-{share:g}" for share in args.shares}
+    for name in names.values():  # every copy first: the checkout may change while the variants run
+        project_copy(workdir / name)
+    results = []
+    try:
+        for share, name in names.items():
+            r = {
+                **run_variant(name, overlay(share, args.iters), workdir),
+                "share": share,
+                "iters": args.iters,
+            }
+            (workdir / name / "bench-result.json").write_text(
+                json.dumps(r, ensure_ascii=False), encoding="utf-8"
+            )
+            results.append(read_variant(workdir / name, r))
+            print(json.dumps(results[-1], ensure_ascii=False), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_table(results)
     return 0
 
 

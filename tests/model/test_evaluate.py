@@ -322,6 +322,8 @@ OFF_TASK_CASES = [
     ),  # a recipient and a scene not asked for
     ("怎么才能早点睡着？", "睡前少看手机，每天固定时间起床。小红书风格", True, False),  # a style trigger
     ("你好，你是谁？", "你好，我是一个中文助手。", False, False),
+    ("你好，你是谁？", "我是你的小助手😊", True, False),  # an emoji: the 小红书 style's mark
+    ("你好，你是谁？", "�J际小�即满🎁披��", False, False),  # an untrained model's random characters
 ]
 
 

@@ -22,7 +22,7 @@ explanation, arithmetic, an e-mail, a thank-you, small talk, a question about a 
 model still answer them, or answer everything with a blessing?
 - `leakage`: share of answers that read as a blessing (blessing_marks: a wish word of
   resources/evaluation.yaml's `blessing`, a recipient's title or a scene's word that the request did not
-  use, an emoji, a style trigger); lower is better, so its verdict is `better` when the interval of
+  use, an emoji in valid text, a style trigger); lower is better, so its verdict is `better` when the interval of
   tuned − base lies below 0;
 - `on_topic`: the answer shares a content word (content_words: a Han bigram or a number of the request,
   its question words left out) with the request.
@@ -48,7 +48,7 @@ from pathlib import Path
 from zhufu.config import RESOURCES, load_config, package_file
 from zhufu.data.importing import parse_input
 from zhufu.data.records import read_rows
-from zhufu.data.rules import RuleContext, rule_honorific
+from zhufu.data.rules import Drop, RuleContext, rule_broken_text, rule_honorific
 from zhufu.data.verdicts import record_verdict
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, cell_rng, held_out, load_suitability, training_input
@@ -190,7 +190,8 @@ def content_words(request: str) -> set[str]:
 def blessing_marks(text: str, request: str, config: dict, words: dict) -> list[str]:
     """What makes an answer read as a blessing of the training data: a wish word, a recipient's title or a
     scene's word (of a recipient or scene the request does not name itself: 春节有哪些习俗？ may be answered
-    with 春联 and 拜年), an emoji, a style's trigger. Empty: no mark."""
+    with 春联 and 拜年), an emoji (in valid text: the cleaner's broken_text rule), a style's trigger. Empty:
+    no mark."""
     marks = [w for w in words.get("blessing", []) if w in text and w not in request]
     for listed, grid in ((words.get("recipients", {}), "recipients"), (words["scenes"], "scenes")):
         for ws in _words(listed, config["grid"][grid]).values():
@@ -198,8 +199,8 @@ def blessing_marks(text: str, request: str, config: dict, words: dict) -> list[s
                 w in request for w in ws
             ):  # a scene the request asks about may be answered in its words
                 marks += [w for w in ws if w in text]
-    if count_emoji(text):
-        marks.append("emoji")
+    if count_emoji(text) and not isinstance(rule_broken_text(text, {}, {}, RuleContext({})), Drop):
+        marks.append("emoji")  # in text, not in the random characters of an untrained model (U+FFFD and all)
     triggers = [st["trigger"] for st in config["styles"].values() if st.get("trigger")]
     marks += [t for t in triggers if t in text and t not in request]
     return sorted(set(marks))
