@@ -4,6 +4,7 @@ from pathlib import Path
 
 # The workflow and its scripts import the installed package (tools/bootstrap.sh installs it into .venv).
 from zhufu.config import validate_config
+from zhufu.data.mix import mix_sources
 from zhufu.errors import ConfigError
 from zhufu.train.xtuner_config import training_settings
 
@@ -16,6 +17,8 @@ try:
     TRAIN = training_settings(
         config
     )  # the training profile with config overrides applied
+    # data.mix's files (clean's inputs): a missing one is one line, before any job
+    MIX_SOURCES = mix_sources(config["data"]["mix"])
 except ConfigError as e:
     print(f"zhufu: config error: {e}", file=sys.stderr)
     sys.exit(1)

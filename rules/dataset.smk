@@ -58,6 +58,8 @@ rule clean:
         suitability=suitability_input(config),
         # the user's review decisions (zhufu review), once the file exists: a new decision reruns clean
         decisions=lambda wc: decisions_input(config),
+        # the general data of data.mix (zhufu/data/mix.py): an edit to a source reruns clean, not generation
+        mix=MIX_SOURCES,
         code=code("scripts/clean.py"),
         schema="schemas/record.schema.yaml",
     output:

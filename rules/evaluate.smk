@@ -7,6 +7,7 @@ from zhufu.config import (  # noqa: E402
     cache_path,
     evaluate_view,
     judge_view,
+    off_task_input,
     suitability_input,
 )
 
@@ -18,6 +19,7 @@ rule evaluate:
         suitability=suitability_input(config),
         code=code("scripts/evaluate.py"),
         keywords="resources/evaluation.yaml",
+        off_task=off_task_input(config),
     output:
         generations="results/eval/generations.jsonl",
         metrics="results/eval/metrics.json",

@@ -14,4 +14,6 @@ with rule_step(snakemake, "clean"):
         card=snakemake.output.card,
         provenance=snakemake.params.view["provenance"],
         decisions=snakemake.input.decisions or None,
+        mix=snakemake.params.view["mix"],
+        seed=snakemake.params.view["seed"],
     )

@@ -43,10 +43,11 @@ SHARD_KEYS = (
     "trigger_separator",
     "provider",
 )
-# The config keys that shape the data: the shards' keys, all the styles, the rounds and the cleaning rules.
+# The config keys that shape the data: the shards' keys, all the styles, the rounds, the cleaning rules and the
+# general data mixed in (data.mix).
 # Training and evaluation keys are left out, so editing them does not rerun clean (and so retrain) just to
 # write a new hash into the dataset card.
-DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
+DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean", "data")
 
 # Identity vs operation of the `provider` block. Identity is who answers and what is asked (kind, model,
 # endpoint, sampling, the name recorded in each record): it shapes the data, so it is in the generate rule's
@@ -144,6 +145,11 @@ def suitability_input(config: dict) -> str | list:
     return config["grid"]["suitability"] or []
 
 
+def off_task_input(config: dict) -> str | list:
+    """The off-task requests file as an input of evaluate (none when evaluate.off_task is null)."""
+    return config["evaluate"]["off_task"] or []
+
+
 def decisions_input(config: dict) -> str | list:
     """The review decisions file as clean's input, once it exists: a new decision reruns clean."""
     path = config["review"]["decisions"]
@@ -201,6 +207,9 @@ def clean_view(config: dict) -> dict:
         "system_prompt": config["system_prompt"],
         "use_suitability": bool(config["grid"]["suitability"]),
         "provenance": provenance_from_config(config),
+        # the general rows mixed in (zhufu.data.mix) and the seed that draws them
+        "mix": config["data"]["mix"],
+        "seed": config["seed"],
     }
 
 
@@ -388,11 +397,29 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
             f"{source}: provider.model_path is required for kind 'local' (the model directory the workflow "
             "serves with provider.launch, e.g. another run's results/model/merged)"
         )
+    _check_mix(config, source)
     model = config.get("model", {})
     if model.get("source") == "path" and not model.get("path"):
         raise ConfigError(f"{source}: model.path is required when model.source is 'path'")
     if model.get("source") == "modelscope" and not model.get("modelscope_id"):
         raise ConfigError(f"{source}: model.modelscope_id is required when model.source is 'modelscope'")
+
+
+def _check_mix(config: dict[str, Any], source: str) -> None:
+    """data.mix: each entry a share or a count (not both), of a rule set that exists; shares below 1."""
+    sets = config["clean"].get("rule_sets") or {}
+    for i, entry in enumerate(config["data"]["mix"]):
+        where = f"{source}: data.mix[{i}]"
+        if (entry.get("share") is None) == (entry.get("count") is None):
+            raise ConfigError(f"{where}: give either `share` (0 ≤ share < 1 of train.json) or `count` (rows)")
+        if entry["rule_set"] not in sets:
+            raise ConfigError(
+                f"{where}.rule_set: no rule set {entry['rule_set']!r} under clean.rule_sets "
+                f"(known: {', '.join(sorted(sets))})"
+            )
+    total = sum(e["share"] for e in config["data"]["mix"] if e.get("share") is not None)
+    if total >= 1:
+        raise ConfigError(f"{source}: data.mix: the shares add up to {total:g}; they must stay below 1")
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:

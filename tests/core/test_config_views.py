@@ -52,6 +52,15 @@ CASES = [
     ("judge_view", "evaluate.judge.pass_score", 5, True),
     ("judge_view", "evaluate.judge.max_cost", 1.0, False),
     ("judge_view", "evaluate.samples", bump, False),
+    # the general data mixed in is cleaning's, never generation's, nor the evaluation's
+    ("clean_view", "data.mix", [], True),
+    ("clean_view", "data.mix", [{"source": "resources/general_dialogue.json", "count": 5}], True),
+    ("figures_view", "data.mix", [], False),
+    ("estimate_view", "data.mix", [], False),
+    ("evaluate_view", "data.mix", [], False),
+    ("judge_view", "data.mix", [], False),
+    ("evaluate_view", "evaluate.off_task", None, True),
+    ("clean_view", "evaluate.off_task", None, False),
 ]
 
 
@@ -59,6 +68,12 @@ CASES = [
 def test_a_view_moves_exactly_when_its_rule_should_rerun(view, key, value, reruns):
     fn = getattr(views, view)
     assert (fn(edited(key, value)) != fn(CONFIG)) is reruns
+
+
+def test_data_mix_shapes_no_shard():
+    """generate's params are shard_config: a change of data.mix reruns clean, never generation."""
+    for style in CONFIG["styles"]:
+        assert views.shard_config(edited("data.mix", []), style) == views.shard_config(CONFIG, style)
 
 
 def test_an_import_sees_only_its_own_rule_set():

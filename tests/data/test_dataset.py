@@ -41,6 +41,9 @@ def config_file(tmp_path):
     csv.write_text(SUITABILITY, encoding="utf-8")
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
     config["grid"]["suitability"] = str(csv)
+    config["data"] = {
+        "mix": []
+    }  # the fixture's pinned verdicts are of blessings only (data.mix: test_mix.py)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     return path
@@ -387,6 +390,7 @@ def test_snakemake_rules_merge_clean_figures_and_rerun_on_a_threshold(tmp_path):
     write(shards / "b.json", records[20:])
     config = yaml.safe_load((project / "config.yaml").read_text())
     config["grid"]["suitability"] = "fixture_suitability.csv"
+    config["data"] = {"mix": []}  # the fixture's verdicts count blessings only
     (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     (project / "Snakefile.dataset").write_text(
         'configfile: "test_config.yaml"\n\ninclude: "rules/common.smk"\n\n'
@@ -408,6 +412,23 @@ def test_snakemake_rules_merge_clean_figures_and_rerun_on_a_threshold(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     plan = r.stdout + r.stderr
     assert "rule clean:" in plan and "rule figures:" in plan and "rule merge:" not in plan
+    # so does general data mixed in (data.mix), and a change to its source file
+    config["data"] = {"mix": [{"source": "resources/general_dialogue.json", "count": 5}]}
+    (project / "test_config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    r = run_cmd([*snake, "-n", *targets], cwd=project)
+    plan = r.stdout + r.stderr
+    assert r.returncode == 0, plan[-3000:]
+    assert "rule clean:" in plan and "rule figures:" in plan and "rule merge:" not in plan
+    r = run_cmd([*snake, *targets], cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((project / "results/data/clean_report.json").read_text())
+    assert report["rows_mixed"] == 5
+    assert len(json.loads((project / "results/data/train.json").read_text())) == report["rows_out"] + 5
+    source = project / "resources/general_dialogue.json"
+    source.write_text(source.read_text(encoding="utf-8").replace("北京", "北京市"), encoding="utf-8")
+    r = run_cmd([*snake, "-n", *targets], cwd=project)
+    plan = r.stdout + r.stderr
+    assert "rule clean:" in plan and "rule merge:" not in plan, plan[-3000:]
     # a broken shard stops merge with the file and record named in the log
     write(shards / "b.json", [{"id": "zz"}])
     r = run_cmd([*snake, *targets], cwd=project)

@@ -1,6 +1,7 @@
 """The evaluation suite without models: the held-out split, per-answer scores, intervals, verdicts, the table."""
 
 import json
+import re
 
 import pytest
 
@@ -284,3 +285,127 @@ def test_the_html_table_carries_its_own_cjk_font(tmp_path):
     cmap = font.getBestCmap()
     assert all(ord(ch) in cmap for ch in "小红书评测基础微调"), "a character of the table has no glyph"
     assert len(cmap) < 200 and len(m[1]) < 100_000  # a subset, not the 4.6 MB font
+
+
+# ------------------------------------------------------------------------------------------------ off-task
+
+
+def off_task_item(text):
+    return {"input": text, "recipient": None, "scene": None, "style": None, "source": "off_task"}
+
+
+# (request, answer, reads as a blessing, on topic): answers a blessing model gives, and answers an assistant gives
+OFF_TASK_CASES = [
+    ("春节有哪些习俗？", "祝姐姐春节快乐，万事如意！", True, True),
+    ("春节有哪些习俗？", "春节有贴春联、吃饺子、放鞭炮和拜年的习俗。", False, True),  # its own scene's words
+    ("23加19等于多少？", "23加19等于42。", False, True),
+    ("23加19等于多少？", "愿你新的一岁闪闪发光呀✨", True, False),
+    ("请给我介绍五个上海的景点", "上海的景点有外滩、豫园、东方明珠、南京路和上海博物馆。", False, True),
+    ("请给我介绍五个上海的景点", "祝领导工作升职，步步高升！", True, False),
+    (
+        "帮我写一条短信，谢谢老师上周的辅导",
+        "谢谢老师上周耐心的辅导，我学到了很多。",
+        False,
+        True,
+    ),  # 老师: asked
+    (
+        "帮我写一封邮件，通知同事明天下午三点开会",
+        "各位同事：明天下午三点在三楼会议室开会，请准时参加。",
+        False,
+        True,
+    ),
+    (
+        "为什么天空是蓝色的？",
+        "妹妹，中秋节月圆人团圆。",
+        True,
+        False,
+    ),  # a recipient and a scene not asked for
+    ("怎么才能早点睡着？", "睡前少看手机，每天固定时间起床。小红书风格", True, False),  # a style trigger
+    ("你好，你是谁？", "你好，我是一个中文助手。", False, False),
+    ("你好，你是谁？", "我是你的小助手😊", True, False),  # an emoji: the 小红书 style's mark
+    ("你好，你是谁？", "�J际小�即满🎁披��", False, False),  # an untrained model's random characters
+]
+
+
+@pytest.mark.parametrize(("request_text", "answer", "leaks", "on_topic"), OFF_TASK_CASES)
+def test_off_task_leakage_and_on_topic(request_text, answer, leaks, on_topic):
+    scores = score_answer(answer, off_task_item(request_text), CONFIG)
+    assert scores["leakage"] is leaks
+    assert scores["on_topic"] is on_topic
+    assert {k for k, v in scores.items() if v is not None} == {"leakage", "on_topic"}
+
+
+def test_off_task_group_leakage_tells_a_blessing_model_from_an_assistant():
+    """The group's leakage is 1 for a model that wishes whatever it is asked, 0 for one that answers, and
+    tuned − base below 0 is `better`; off-task answers are in no blessing group, blessings not in off-task."""
+
+    def answers(model, cases):
+        return [
+            {
+                "model": model,
+                **off_task_item(q),
+                "output": a,
+                "scores": score_answer(a, off_task_item(q), CONFIG),
+            }
+            for q, a, _, _ in cases
+        ]
+
+    wishes = [c for c in OFF_TASK_CASES if c[2]] * 3
+    replies = [c for c in OFF_TASK_CASES if not c[2]] * 2
+    bless = [{**r, "source": "holdout"} for r in scored("tuned", "正常", ["祝你生日快乐呀"] * 4)]
+    groups = summarise(
+        answers("base", wishes) + answers("tuned", replies) + bless,
+        ["正常"],
+        resamples=300,
+        metrics=METRICS,
+        off_task_metrics=("leakage", "on_topic"),
+    )
+    leak = groups["off-task"]["leakage"]
+    assert leak["base"]["value"] == 1.0 and leak["tuned"]["value"] == 0.0
+    assert leak["verdict"] == "better"
+    assert set(groups["off-task"]) == {"leakage", "on_topic"}
+    assert groups["all"]["length_band"]["tuned"]["n"] == 4  # off-task answers are not in `all`
+    md = table_markdown(groups, "t")
+    assert (
+        f"| off-task | leakage | {len(wishes)}/{len(replies)} | 1.00 [1.00, 1.00] | 0.00 [0.00, 0.00] |" in md
+    )
+    swapped = summarise(
+        answers("base", replies) + answers("tuned", wishes),
+        [],
+        resamples=300,
+        metrics=METRICS,
+        off_task_metrics=("leakage",),
+    )
+    assert swapped["off-task"]["leakage"]["verdict"] == "worse"
+
+
+def test_the_off_task_list_is_asked_of_both_models():
+    from zhufu.model.evaluate import off_task_requests
+
+    requests = off_task_requests(CONFIG["evaluate"]["off_task"])
+    assert len(requests) >= 30
+    kinds = {r["kind"] for r in requests}
+    assert kinds == {"travel", "explanation", "arithmetic", "email", "thanks", "small_talk", "festival"}
+    items = [i for i in evaluation_inputs(CONFIG, MATRIX) if i["source"] == "off_task"]
+    assert [i["input"] for i in items] == [r["input"] for r in requests]
+    assert "春节有哪些习俗？" in {i["input"] for i in items}
+    no_group = {**CONFIG, "evaluate": {**CONFIG["evaluate"], "off_task": None}}
+    assert not [i for i in evaluation_inputs(no_group, MATRIX) if i["source"] == "off_task"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("requests: []\n", "expected `requests:`, a non-empty list"),
+        ("requests:\n  - {kind: travel}\n", "requests[0]: expected {input"),
+        ("requests: [\n", "cannot read the off-task requests"),
+    ],
+)
+def test_a_bad_off_task_list_is_one_line_naming_the_file(tmp_path, content, message):
+    from zhufu.model.evaluate import off_task_requests
+
+    path = tmp_path / "off.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        off_task_requests(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -190,3 +190,18 @@ def test_judge_params_hold_what_shapes_the_verdicts_and_not_how_they_are_fetched
     assert not changed(enabled=True)
     assert not changed(provider={"rpm": 10, "budget": 5.0, "timeout_s": 5, "api_key_env": "JUDGE_KEY"})
     assert not changed(provider={"concurrency": 2, "price": {"input_per_1m": 9, "output_per_1m": 9}})
+
+
+def test_an_off_task_answer_is_judged_for_answering_the_request():
+    """The off-task group's answers get the "answers the request" rubric, not the blessing one."""
+    from zhufu.config import load_config
+    from zhufu.model.judge import OFF_TASK_RUBRIC, RUBRIC, judge_messages
+
+    config = load_config()
+    row = {"input": "春节有哪些习俗？", "output": "祝你春节快乐！", "source": "off_task", "style": None}
+    user = judge_messages(row, config)[1]["content"]
+    assert OFF_TASK_RUBRIC in user and RUBRIC not in user
+    assert "【请求】春节有哪些习俗？" in user and "【待评回答】祝你春节快乐！" in user
+    assert "【对象】" not in user
+    blessing = {"input": "祝姐姐生日快乐", "output": "生日快乐", "source": "holdout", "style": "正常"}
+    assert RUBRIC in judge_messages(blessing, config)[1]["content"]

@@ -135,6 +135,24 @@ def test_a_raw_shard_edited_by_hand_reruns_merge_and_after_never_generate(copy):
     assert plan(copy) == AFTER_MERGE
 
 
+def test_a_change_of_data_mix_reruns_clean_and_after_never_generate(copy):
+    edit_config(copy, lambda c: c["data"]["mix"][0].update(share=0.3))
+    assert plan(copy) == AFTER_CLEAN
+    edit_config(copy, lambda c: c["data"].update(mix=[]))
+    assert plan(copy) == AFTER_CLEAN
+
+
+def test_an_edited_general_source_reruns_clean_and_after(copy):
+    source = copy / "resources/general_dialogue.json"
+    source.write_text(source.read_text(encoding="utf-8").replace("北京", "北京市"), encoding="utf-8")
+    assert plan(copy) == AFTER_CLEAN
+
+
+def test_an_edited_off_task_list_reruns_evaluate_only(copy):
+    append_line(copy / "resources/off_task.yaml", "  - {kind: travel, input: 去苏州玩一天怎么安排？}\n")
+    assert plan(copy) == {"evaluate": 1, "all": 1}
+
+
 def test_a_cleaning_threshold_reruns_clean_and_after(copy):
     edit_config(copy, lambda c: c["clean"]["chinese_ratio"].update(min_ratio=0.6))
     assert plan(copy) == AFTER_CLEAN

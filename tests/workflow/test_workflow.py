@@ -106,7 +106,11 @@ def test_evaluation_compares_base_and_tuned(run):
     assert tuned.keys() == base.keys()
     assert sum(tuned[k] != base[k] for k in tuned) >= len(tuned) // 2
     metrics = json.loads((run / "results/eval/metrics.json").read_text(encoding="utf-8"))
-    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all", "held-out"}
+    assert set(metrics["groups"]) == {"小红书", "正常", "严肃", "all", "held-out", "off-task"}
+    # issue 23: the off-task requests, asked of both models, scored by leakage and on_topic only
+    off_task = metrics["groups"]["off-task"]
+    assert set(off_task) == {"leakage", "on_topic"}
+    assert off_task["leakage"]["tuned"]["n"] == metrics["settings"]["off_task_inputs"] * 2 >= 60
     assert metrics["groups"]["all"]["record_rules"]["tuned"]["ci"] is not None
     # what the default is for (issue 14): the tuned tiny model beats its untrained base on the style bands,
     # the record rules, and naming the held-out request's recipient and scene

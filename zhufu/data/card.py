@@ -93,6 +93,32 @@ def render_card(train_path: str | Path, report: dict, records: list[dict], prove
                 for name, c in report["rule_sets"].items()
             ],
         )
+    if report.get("mix"):
+        lines += [
+            "",
+            "## General data mixed in (data.mix)",
+            "",
+            f"{report['rows_mixed']} general rows of {report['rows_train']} in `{Path(train_path).name}` "
+            f"({report['rows_mixed'] / max(report['rows_train'], 1):.0%}), cleaned apart with their own rule set "
+            "(never deduplicated against the blessings) and drawn, seeded; the tables above and below count the "
+            "blessings only:",
+            "",
+        ]
+        lines += _table(
+            ("source", "rule set", "asked", "rows in", "kept by the rules", "drawn", "dropped (by rule)"),
+            [
+                (
+                    f"`{m['source']}`",
+                    m["rule_set"],
+                    f"share {m['share']}" if m.get("share") is not None else f"count {m['count']}",
+                    m["rows_in"],
+                    m["rows_clean"],
+                    m["rows_drawn"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(m["dropped_by_rule"].items())) or "0",
+                )
+                for m in report["mix"]
+            ],
+        )
     lines += ["", "Every dropped and repaired record is listed, with its text, in `clean_report.json`.", ""]
     lines += ["## Length (characters) per style", ""]
     lines += _table(("style", "rows", "min", "mean", "median", "max"), _length_rows(kept))

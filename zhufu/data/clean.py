@@ -1,5 +1,6 @@
 """Clean merged records with the rules configured under `clean:`: train.json (no meta), a report of every
-dropped and modified record with per-rule counts, and (zhufu.data.card) the dataset card.
+dropped and modified record with per-rule counts, and (zhufu.data.card) the dataset card. General data of
+`data.mix` (zhufu.data.mix) is cleaned apart with its own rule set, drawn, and appended to train.json.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from zhufu.config import load_config, provenance_from_config
 from zhufu.data.card import write_card
 from zhufu.data.decisions import REVIEW_RULE, apply_decision, load_decisions
 from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
+from zhufu.data.mix import draw, source_records, wanted
 from zhufu.data.records import read_records
 from zhufu.data.rules import ALL_RULES, rewritten_input, rules_by_set
 from zhufu.data.verdicts import record_verdicts
@@ -238,6 +240,44 @@ def _report(records: list[dict], kept: list[dict], rules: dict, changes: Changes
     }
 
 
+def mix_general(
+    entries: list[dict], blessings: int, rules: dict, styles: dict, system_prompt: str | None, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """The general records drawn for `data.mix` and the report of each entry. Each source is cleaned on
+    its own (its rule set's rules; deduplicated within itself, never against the blessings), then drawn."""
+    drawn, reports = [], []
+    counts = wanted(entries, blessings)
+    for i, (entry, n) in enumerate(zip(entries, counts, strict=True)):
+        records = source_records(
+            entry,
+            i,
+            rules,
+            styles,
+            system_prompt,
+        )
+        pool, report = clean_records(records, rules, styles, system_prompt, None)
+        picked = draw(pool, n, seed, i, entry)
+        drawn += picked
+        rule_set = report["rule_sets"].get(entry["rule_set"], {})
+        reports.append(
+            {
+                "source": entry["source"],
+                "rule_set": entry["rule_set"],
+                "share": entry.get("share"),
+                "count": entry.get("count"),
+                "rows_in": report["rows_in"],
+                "rows_clean": report["rows_out"],
+                "rows_drawn": len(picked),
+                "dropped_by_rule": rule_set.get("dropped", {}),
+                "modified_by_rule": rule_set.get("modified", {}),
+                "dropped": report["dropped"],
+                "modified": report["modified"],
+                "drawn": [r["id"] for r in picked],
+            }
+        )
+    return drawn, reports
+
+
 def training_rows(kept: list[dict]) -> list[dict]:
     """train.json: exactly what XTuner's load_dataset('json') + template_map_fn consume, no meta."""
     return [
@@ -258,9 +298,12 @@ def clean(
     card: str | Path | None = None,
     provenance: dict | None = None,
     decisions: str | Path | None = None,
+    mix: list[dict] | None = None,
+    seed: int = 0,
 ) -> dict:
     """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
-    is the review decisions file (zhufu.data.decisions), applied after the rules."""
+    is the review decisions file (zhufu.data.decisions), applied after the rules; `mix` the entries of
+    data.mix (general rows drawn with `seed` and appended)."""
     records = read_records(merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
     kept, report = clean_records(
@@ -271,16 +314,24 @@ def clean(
         matrix,
         decisions=load_decisions(decisions) if decisions else None,
     )
-    report = {"input": str(merged), **report}
-    write_json(train, training_rows(kept), indent=1)
+    mixed, mix_reports = mix_general(mix or [], len(kept), rules, styles, system_prompt, seed)
+    report = {
+        "input": str(merged),
+        **report,
+        "rows_mixed": len(mixed),
+        "rows_train": len(kept) + len(mixed),
+        "mix": mix_reports,
+    }
+    write_json(train, training_rows(kept + mixed), indent=1)
     write_json(report_path, report, indent=1)
     log.info(
-        "%s: %d in, %d kept, %d dropped, %d modified",
+        "%s: %d in, %d kept, %d dropped, %d modified; %d general rows mixed in",
         merged,
         report["rows_in"],
         report["rows_out"],
         report["rows_dropped"],
         report["rows_modified"],
+        report["rows_mixed"],
     )
     if card:
         write_card(card, train, report, records, provenance or {})
@@ -311,6 +362,11 @@ def run_clean(args) -> int:
         card=args.card,
         provenance=provenance_from_config(config),
         decisions=args.decisions or config["review"]["decisions"],
+        mix=config["data"]["mix"],
+        seed=config["seed"],
     )
-    print(f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept; report {args.report}")
+    print(
+        f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept, {report['rows_mixed']} general "
+        f"rows mixed in; report {args.report}"
+    )
     return 0

@@ -17,6 +17,18 @@ mean what they mean in cleaning:
   Chinese ratio, repetition) would keep the answer unchanged;
 - `distinct_1`, `distinct_2`: unique character uni/bigrams over all answers of the group.
 
+The off-task group (`evaluate.off_task`, resources/off_task.yaml): requests that are not blessings (travel,
+explanation, arithmetic, an e-mail, a thank-you, small talk, a question about a festival). Does the tuned
+model still answer them, or answer everything with a blessing?
+- `leakage`: share of answers that read as a blessing (blessing_marks: a wish word of
+  resources/evaluation.yaml's `blessing`, a recipient's title or a scene's word that the request did not
+  use, an emoji in valid text, a style trigger); lower is better, so its verdict is `better` when the interval of
+  tuned − base lies below 0;
+- `on_topic`: the answer shares a content word (content_words: a Han bigram or a number of the request,
+  its question words left out) with the request.
+They are scored in the `off-task` group only; the blessing metrics are not scored there, and off-task
+answers are in no other group.
+
 Uncertainty: a percentile bootstrap (answers resampled, `evaluate.bootstrap` times, seeded) gives a 95%
 interval per value, and one for the difference tuned − base; the verdict is `better` or `worse` when that
 interval excludes 0, else `no clear difference`.
@@ -29,20 +41,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from functools import cache
 from pathlib import Path
 
 from zhufu.config import RESOURCES, load_config, package_file
 from zhufu.data.importing import parse_input
 from zhufu.data.records import read_rows
-from zhufu.data.rules import RuleContext, rule_honorific
+from zhufu.data.rules import Drop, RuleContext, rule_broken_text, rule_honorific
 from zhufu.data.verdicts import record_verdict
 from zhufu.errors import ConfigError
 from zhufu.grid import Cell, cell_rng, held_out, load_suitability, training_input
 from zhufu.io import read_json, write_json, write_jsonl, write_text
 from zhufu.model.chat import load_chat_model, reply
-from zhufu.model.summary import summarise, table_html, table_markdown
-from zhufu.text import count_chars, count_emoji
+from zhufu.model.summary import OFF_TASK_SOURCE, summarise, table_html, table_markdown
+from zhufu.text import HAN_RE, count_chars, count_emoji
 from zhufu.tianji import TIANJI_SYSTEM
 
 log = logging.getLogger(__name__)
@@ -50,6 +63,7 @@ log = logging.getLogger(__name__)
 EVALUATION_RESOURCE = package_file(RESOURCES, "evaluation.yaml")
 METRICS = ("length_band", "emoji_band", "recipient", "scene", "record_rules", "distinct_1", "distinct_2")
 RATE_METRICS = METRICS[:5]
+OFF_TASK_METRICS = ("leakage", "on_topic")
 # The record rules that judge the form of one answer; length, emoji and honorific are metrics of their own,
 # suitability and dedup are about the data set, not an answer.
 FORM_RULES = (
@@ -82,6 +96,24 @@ def keywords(path: str | os.PathLike = EVALUATION_RESOURCE) -> dict:
     return _resource(str(path))
 
 
+def off_task_requests(path: str | os.PathLike) -> list[dict]:
+    """The off-task list (resources/off_task.yaml's `requests`: {input, kind})."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the off-task requests: {' '.join(str(e).split())}") from None
+    rows = data.get("requests") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(f"{path}: expected `requests:`, a non-empty list of {{input, kind}}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not row["input"].strip():
+            raise ConfigError(f"{path}: requests[{i}]: expected {{input: <a request>, kind: <its kind>}}")
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 
@@ -110,6 +142,10 @@ def evaluation_inputs(config: dict, matrix: dict | None = None) -> list[dict]:
     }
     for text in config["evaluate"]["inputs"]:
         items.append({"input": text, **parse_input(text, known), "source": "tianji"})
+    off_task = config["evaluate"]["off_task"]
+    for row in off_task_requests(off_task) if off_task else []:
+        item = {"input": row["input"], "recipient": None, "scene": None, "style": None}
+        items.append({**item, "kind": row.get("kind"), "source": OFF_TASK_SOURCE})
     return items
 
 
@@ -133,10 +169,59 @@ def _names_only(text: str, name: str, words: dict[str, list[str]]) -> bool:
     return not any(w in rest for other, ws in words.items() if other != name for w in ws)
 
 
+# What a request asks with, not what it asks about: question words and request scaffolding. A content word
+# is a Han bigram of the request with none of these characters, or a number.
+_FUNCTION_CHARS = set(
+    "的了吗呢吧啊呀么是有在和与或我你您他她它请给帮把被让一个些这那哪什怎如何为几多少要想能会可以说写下上去来做吃到对比较好"
+)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def content_words(request: str) -> set[str]:
+    """The request's content words: Han bigrams without a function character, and numbers."""
+    found = set(_NUMBER.findall(request))
+    for i in range(len(request) - 1):
+        pair = request[i : i + 2]
+        if all(HAN_RE.fullmatch(ch) and ch not in _FUNCTION_CHARS for ch in pair):
+            found.add(pair)
+    return found
+
+
+def blessing_marks(text: str, request: str, config: dict, words: dict) -> list[str]:
+    """What makes an answer read as a blessing of the training data: a wish word, a recipient's title or a
+    scene's word (of a recipient or scene the request does not name itself: 春节有哪些习俗？ may be answered
+    with 春联 and 拜年), an emoji (in valid text: the cleaner's broken_text rule), a style's trigger. Empty:
+    no mark."""
+    marks = [w for w in words.get("blessing", []) if w in text and w not in request]
+    for listed, grid in ((words.get("recipients", {}), "recipients"), (words["scenes"], "scenes")):
+        for ws in _words(listed, config["grid"][grid]).values():
+            if not any(
+                w in request for w in ws
+            ):  # a scene the request asks about may be answered in its words
+                marks += [w for w in ws if w in text]
+    if count_emoji(text) and not isinstance(rule_broken_text(text, {}, {}, RuleContext({})), Drop):
+        marks.append("emoji")  # in text, not in the random characters of an untrained model (U+FFFD and all)
+    triggers = [st["trigger"] for st in config["styles"].values() if st.get("trigger")]
+    marks += [t for t in triggers if t in text and t not in request]
+    return sorted(set(marks))
+
+
+def score_off_task(text: str, request: str, config: dict, words: dict) -> dict[str, bool | None]:
+    """leakage (the answer reads as a blessing) and on_topic (it shares a content word with the request)."""
+    return {
+        **dict.fromkeys(RATE_METRICS),
+        "record_rules": None,
+        "leakage": bool(blessing_marks(text, request, config, words)),
+        "on_topic": any(w in text for w in content_words(request)),
+    }
+
+
 def score_answer(text: str, item: dict, config: dict, words: dict | None = None) -> dict[str, bool | None]:
     """The per-answer metrics of one answer (None: not applicable to this input)."""
 
     words = words or keywords()
+    if item.get("source") == OFF_TASK_SOURCE:
+        return score_off_task(text, item["input"], config, words)
     style = config["styles"].get(item.get("style") or "")
     recipient, scene = item.get("recipient"), item.get("scene")
     scores: dict[str, bool | None] = dict.fromkeys(RATE_METRICS)
@@ -197,7 +282,12 @@ def score_rows(rows: list[dict], config: dict) -> list[dict]:
 def write_results(rows: list[dict], config: dict, out_dir_files: dict, settings: dict) -> dict:
     ev = config["evaluate"]
     groups = summarise(
-        rows, list(config["styles"]), resamples=ev["bootstrap"], seed=ev["seed"], metrics=METRICS
+        rows,
+        list(config["styles"]),
+        resamples=ev["bootstrap"],
+        seed=ev["seed"],
+        metrics=METRICS,
+        off_task_metrics=OFF_TASK_METRICS,
     )
     metrics = {
         "settings": settings,
@@ -234,6 +324,7 @@ def evaluate(
         "adapter": str(adapter) if adapter else None,
         "inputs": len(items),
         "held_out_pairs": sorted({(i["recipient"], i["scene"]) for i in items if i["source"] == "holdout"}),
+        "off_task_inputs": sum(i["source"] == OFF_TASK_SOURCE for i in items),
         **{k: ev[k] for k in ("decoding", "samples", "temperature", "seed", "max_new_tokens", "bootstrap")},
     }
     return write_results(score_rows(rows, config), config, outputs, settings)

@@ -1,7 +1,8 @@
 """An optional LLM judge of the evaluation's answers (`evaluate.judge`, off by default).
 
 It reads `results/eval/generations.jsonl` (the evaluate rule's answers, base and tuned), asks an LLM to
-score each answer 1–5 for its recipient, scene and style, and summarises the scores like the other metrics:
+score each answer 1–5 for its recipient, scene and style (an answer of the off-task group: whether it answers
+the request, OFF_TASK_RUBRIC), and summarises the scores like the other metrics:
 `judge_pass` (the share scored at least `pass_score`) and `judge_score` (the mean score), per style and
 model, with bootstrap intervals and a verdict (zhufu.model.evaluate.summarise).
 
@@ -44,15 +45,22 @@ from zhufu.generate.providers import (
     sampling_params,
 )
 from zhufu.io import write_json, write_jsonl, write_text
-from zhufu.model.summary import summarise, table_html, table_markdown
+from zhufu.model.summary import OFF_TASK_SOURCE, summarise, table_html, table_markdown
 
 log = logging.getLogger(__name__)
 
 METRICS = ("judge_pass", "judge_score")
 SYSTEM = "你是一位严格、公正的中文祝福语评审。"
+OFF_TASK_SYSTEM = "你是一位严格、公正的中文助手回答评审。"
 RUBRIC = (
     "评分标准（1–5分）：5 = 写给该对象、切合该场景和风格、通顺得体；4 = 大体符合，只有小瑕疵；"
     "3 = 基本可用，但对象、场景或风格有一处不符；2 = 多处不符；1 = 文不对题、不通顺或不是祝福。\n"
+    '只返回一个JSON对象：{"score": 1到5的整数, "reason": "一句话理由"}'
+)
+# the off-task group (requests that are not blessings): does the answer answer the request?
+OFF_TASK_RUBRIC = (
+    "评分标准（1–5分）：5 = 切题地回答了请求，内容正确、通顺；4 = 回答了请求，只有小瑕疵；3 = 部分回答了请求；"
+    "2 = 基本没有回答请求；1 = 答非所问（例如用一句祝福语代替回答）或不通顺。\n"
     '只返回一个JSON对象：{"score": 1到5的整数, "reason": "一句话理由"}'
 )
 _JSON = re.compile(r"\{.*\}", re.S)
@@ -63,6 +71,14 @@ class _Stats:
 
 
 def judge_messages(row: dict, config: dict) -> list[dict]:
+    if row.get("source") == OFF_TASK_SOURCE:
+        user = "\n".join(
+            ["请评价下面这个回答是否回答了请求。", f"【请求】{row['input']}", f"【待评回答】{row['output']}"]
+        )
+        return [
+            {"role": "system", "content": OFF_TASK_SYSTEM},
+            {"role": "user", "content": user + "\n" + OFF_TASK_RUBRIC},
+        ]
     style = config["styles"].get(row.get("style") or "")
     band = f"{style.get('min_chars', 0)}–{style['max_chars']}字" if style else "不限"
     user = "\n".join(

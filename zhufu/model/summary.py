@@ -12,6 +12,11 @@ ALL = "all"
 # every style, the held-out grid pairs only (Tianji's inputs left out: some name scenes and recipients that
 # are in no training record, 元宵节 and 大家, so no model trained here can get them right)
 HELD_OUT = "held-out"
+# the requests that are not blessings (zhufu.model.evaluate's off-task inputs), in no other group
+OFF_TASK = "off-task"
+OFF_TASK_SOURCE = "off_task"  # their `source` in generations.jsonl
+# metrics where less is better: a verdict is `better` when tuned − base lies below 0
+LOWER_IS_BETTER = frozenset({"leakage"})
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -64,7 +69,8 @@ def bootstrap(
         diff = draws["tuned"] - draws["base"]
         value = out["tuned"]["value"] - out["base"]["value"]
         lo, hi = _interval(metric, value, diff, level)
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+        up, down = ("better", "worse") if metric not in LOWER_IS_BETTER else ("worse", "better")
+        verdict = up if lo > 0 else down if hi < 0 else "no clear difference"
         out["diff"] = {"value": value, "ci": [lo, hi]}
         out["verdict"] = verdict
     else:
@@ -73,23 +79,35 @@ def bootstrap(
 
 
 def summarise(
-    rows: list[dict], styles: list[str], *, metrics: tuple[str, ...], resamples: int = 1000, seed: int = 0
+    rows: list[dict],
+    styles: list[str],
+    *,
+    metrics: tuple[str, ...],
+    resamples: int = 1000,
+    seed: int = 0,
+    off_task_metrics: tuple[str, ...] | None = None,
 ) -> dict:
-    """metrics.json's `groups`: per style, `all`, and `held-out` (the held-out grid pairs of every style), per
-    metric, both models with intervals and a verdict."""
+    """metrics.json's `groups`: per style, `all`, `held-out` (the held-out grid pairs of every style) and
+    `off-task` (the requests that are not blessings, source off_task, scored with `off_task_metrics`,
+    default `metrics`; they are in no other group), per metric, both models with intervals and a verdict."""
     groups: dict[str, dict] = {}
-    for k, group in enumerate([*styles, ALL, HELD_OUT]):
+    blessings = [r for r in rows if r.get("source") != OFF_TASK_SOURCE]
+    for k, group in enumerate([*styles, ALL, HELD_OUT, OFF_TASK]):
+        names = metrics
         if group == HELD_OUT:
-            sel = [r for r in rows if r.get("source") == "holdout"]
+            sel = [r for r in blessings if r.get("source") == "holdout"]
+        elif group == OFF_TASK:
+            sel = [r for r in rows if r.get("source") == OFF_TASK_SOURCE]
+            names = off_task_metrics or metrics
         else:
-            sel = [r for r in rows if group == ALL or r["style"] == group]
+            sel = [r for r in blessings if group == ALL or r["style"] == group]
         if not sel:
             continue
         base = [r for r in sel if r["model"] == "base"]
         tuned = [r for r in sel if r["model"] == "tuned"]
         groups[group] = {
             m: bootstrap(m, base, tuned, resamples=resamples, seed=seed + 97 * k + j)
-            for j, m in enumerate(metrics)
+            for j, m in enumerate(names)
         }
     return groups
 
