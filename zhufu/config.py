@@ -51,7 +51,7 @@ DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean")
 # Identity vs operation of the `provider` block. Identity is who answers and what is asked (kind, model,
 # endpoint, sampling, the name recorded in each record): it shapes the data, so it is in the generate rule's
 # params and in the data hash. Operation is how the answers are fetched (rates, concurrency, retries,
-# timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
+# timeouts, price, budget, batch or direct calls, which env var holds the key): changing it reruns nothing, so the generate script
 # reads it from the workflow's config at run time (with_operation below), never from params.
 # Every key of the schema's provider block is in exactly one of the two (tests/workflow/test_reruns.py checks).
 PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens")
@@ -68,6 +68,8 @@ PROVIDER_OPERATION = (
     "max_failed_share",
     "price",
     "budget",
+    "batch",
+    "batch_options",
 )
 
 
