@@ -201,9 +201,7 @@ def run_spend(args) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     print(f"spend ledger of {cache_path} (every paid answer, all runs)")
-    print(
-        f"{'provider':<34}{'model':<24}{'via':<8}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}"
-    )
+    print(f"{'provider':<34}{'model':<24}{'via':<8}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}")
     for r in rows:
         print(
             f"{r['provider']:<34}{r['model']:<24}{r['via']:<8}{r['calls']:>7}{r['prompt_tokens']:>10}"
