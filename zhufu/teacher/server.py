@@ -289,13 +289,17 @@ def start_teacher(
 
 @contextmanager
 def running_teacher(
-    host: str = "127.0.0.1", port: int = 0, phrases: str | Path = DEFAULT_PHRASES
+    host: str = "127.0.0.1",
+    port: int = 0,
+    phrases: str | Path = DEFAULT_PHRASES,
+    batch_delay_s: float = 1.0,
 ) -> Iterator[str]:
     """Run the teacher for the duration of a `with` block; yields its base_url (http://127.0.0.1:PORT/v1)."""
-    server = start_teacher(host, port, phrases)
+    server = start_teacher(host, port, phrases, batch_delay_s=batch_delay_s)
     try:
         yield server.base_url
     finally:
+        log.info("offline teacher served: %s", json.dumps(server.stats(), sort_keys=True))
         server.shutdown()
         server.server_close()
 
