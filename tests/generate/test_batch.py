@@ -295,3 +295,33 @@ def test_zhipuai_kind_generates_through_its_sdks_batches(tmp_path, teacher, monk
     stats = teacher_stats(teacher.base_url)
     assert (stats["batches"], stats["requests"], stats["batch_answers"]) == (1, 0, n_cells(config))
     assert len(list((tmp_path / "raw").rglob("round_*.json"))) == len(config["styles"]) * config["rounds"]
+
+
+def test_the_estimate_prices_a_batch_run_at_the_batch_rate(tmp_path):
+    def total(**provider):
+        config = offline(**provider)
+        config["styles"]["正常"] = {"prompt": "正常风格", "max_chars": 30}
+        path = write_config(tmp_path / "c.yaml", config)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "zhufu",
+                "estimate",
+                "--config",
+                str(path),
+                "--cache",
+                str(tmp_path / "none"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()[0], float(out.stdout.rsplit("~", 1)[1].split()[0])
+
+    (head_direct, direct), (head_batch, batch) = total(), total(batch=True)
+    assert "direct prices" in head_direct and "batch API prices" in head_batch
+    assert batch == pytest.approx(direct / 2, abs=1e-4)
+    _, priced = total(batch=True, price={**PRICE, "batch_input_per_1m": 2.0, "batch_output_per_1m": 8.0})
+    assert priced == pytest.approx(direct, abs=1e-4)  # an explicit batch rate wins over the half
