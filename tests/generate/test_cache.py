@@ -102,6 +102,9 @@ def test_a_cache_made_before_batches_gets_the_via_column_its_rows_direct(tmp_pat
     old.execute("INSERT INTO spend VALUES ('p', 'm', 1, 2, 0.5, 'CNY', 0)")
     old.commit()
     old.close()
+    with open_readonly(path) as c:  # `zhufu spend` looks without migrating
+        (row,) = c.spend_table()
+    assert (row["via"], row["calls"]) == ("direct", 1)
     with AnswerCache(path) as c:
         (row,) = c.spend_table()
     assert (row["via"], row["calls"]) == ("direct", 1)

@@ -395,11 +395,18 @@ class AnswerCache:
             if not _alive(pid):
                 self.conn.execute("DELETE FROM holds WHERE pid = ?", (pid,))
 
+    def _via(self) -> str:
+        """The ledger's `via` column; 'direct' for a cache made before batches and opened read-only."""
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(spend)")}
+        return "via" if "via" in columns else "'direct'"
+
     def spend_table(self) -> list[dict]:
         rows = self.conn.execute(
-            "SELECT provider, model, currency, via, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
-            " SUM(cost), MIN(created), MAX(created) FROM spend GROUP BY provider, model, currency, via"
-            " ORDER BY provider, model, via"
+            "SELECT provider, model, currency, "
+            + self._via()
+            + ", COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+            " SUM(cost), MIN(created), MAX(created) FROM spend GROUP BY provider, model, currency, 4"
+            " ORDER BY provider, model, 4"
         ).fetchall()
         keys = (
             "provider",
