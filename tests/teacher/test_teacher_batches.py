@@ -200,3 +200,14 @@ def test_unknown_batches_files_and_bad_uploads_are_refused_in_openais_shape(serv
     f = client.files.create(file=("in.jsonl", b"not json\n"), purpose="batch")
     with pytest.raises(openai.BadRequestError, match="line 1"):
         client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/batches/batch_x/cancel", "/zhufu/control", "/v1/files", "/api/paas/v4/batches"]
+)
+def test_the_batch_routes_refuse_a_foreign_host(server, path):
+    from helpers import http_exchange
+
+    raw = f"POST {path} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\n\r\n".encode()
+    status, _, _ = http_exchange(server.server_address, raw)
+    assert status == 421

@@ -285,6 +285,8 @@ def handle_post(handler, store: BatchStore, route: str) -> bool:
     elif parts == ["batches"]:
         handler.send_json(200, store.create(handler.read_json()))
     elif len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel":
+        handler.check_host()
+        handler.check_origin()
         length = (handler.headers.get("Content-Length") or "0").strip()
         if length.isdigit() and 0 < int(length) <= 1 << 16:  # the SDKs send none, or an empty object
             handler.rfile.read(int(length))
