@@ -52,6 +52,9 @@ if not LOCAL_TEACHER:
             "benchmarks/generate/{style}/round_{round}.tsv"
         conda:
             "../envs/generate.yaml"
+        # With provider.batch the job sleeps between polls of its batch (zhufu/generate/batch.py): it holds no
+        # core, so the shards' batches wait side by side and the other rules keep the cores.
+        threads: 0 if config["provider"].get("batch") else 1
         params:
             # what shapes the shard (the provider's identity, not its rates or budget: scripts/generate.py reads
             # those from the config at run time, so changing them reruns nothing)

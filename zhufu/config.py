@@ -52,7 +52,7 @@ DATA_KEYS = (*SHARD_KEYS, "rounds", "styles", "clean", "data")
 # Identity vs operation of the `provider` block. Identity is who answers and what is asked (kind, model,
 # endpoint, sampling, the name recorded in each record): it shapes the data, so it is in the generate rule's
 # params and in the data hash. Operation is how the answers are fetched (rates, concurrency, retries,
-# timeouts, price, budget, which env var holds the key): changing it reruns nothing, so the generate script
+# timeouts, price, budget, batch or direct calls, which env var holds the key): changing it reruns nothing, so the generate script
 # reads it from the workflow's config at run time (with_operation below), never from params.
 # Every key of the schema's provider block is in exactly one of the two (tests/workflow/test_reruns.py checks).
 PROVIDER_IDENTITY = ("kind", "model", "base_url", "name", "temperature", "top_p", "max_tokens", "model_path")
@@ -72,6 +72,8 @@ PROVIDER_OPERATION = (
     "launch",
     "launch_timeout_s",
     "gpus",
+    "batch",
+    "batch_options",
 )
 
 
@@ -391,6 +393,11 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
     if provider["kind"] != "offline" and not provider.get("base_url") and provider["kind"] == "openai":
         raise ConfigError(
             f"{source}: provider.base_url is required for kind 'openai' (e.g. https://api.deepseek.com/v1)"
+        )
+    if provider["kind"] == "local" and provider.get("batch"):
+        raise ConfigError(
+            f"{source}: provider.batch is for a provider's Batch API; a local teacher (kind 'local') has none, "
+            "and batches its requests itself: set provider.batch: false"
         )
     if provider["kind"] == "local" and not provider.get("model_path"):
         raise ConfigError(

@@ -163,15 +163,16 @@ class LocalHandler(BaseHTTPRequestHandler):
         if origin is not None and origin.lower() not in self.server.origins:
             raise Refused(HTTPStatus.FORBIDDEN, "cross-origin requests are refused", "cross_origin")
 
-    def read_body(self) -> bytes:
-        """The checked body of a POST (type, length, size, time), after the Host and Origin checks."""
+    def read_body(self, content_type: str = "application/json", limit: int | None = None) -> bytes:
+        """The checked body of a POST (type, length, size, time), after the Host and Origin checks; `limit`
+        overrides the server's body limit (the teacher's batch file upload)."""
         self.check_host()
         self.check_origin()
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
+        if ctype != content_type:
             raise Refused(
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                "the request must be application/json",
+                f"the request must be {content_type}",
                 "unsupported_media_type",
             )
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -185,7 +186,7 @@ class LocalHandler(BaseHTTPRequestHandler):
             raise Refused(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required", "length_required")
         if not raw_length.strip().isdigit():
             raise Refused(HTTPStatus.BAD_REQUEST, "Content-Length is not a number (0 or more)", "bad_length")
-        length, limit = int(raw_length), self.server.max_body_bytes
+        length, limit = int(raw_length), limit or self.server.max_body_bytes
         if length > limit:
             raise Refused(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -210,6 +211,23 @@ class LocalHandler(BaseHTTPRequestHandler):
                 "timeout",
             )
         return b"".join(chunks)
+
+    def read_multipart(self, limit: int | None = None) -> dict[str, tuple[str | None, bytes]]:
+        """A multipart/form-data POST body: field name -> (file name or None, content)."""
+        import email.parser
+        import email.policy
+
+        raw = self.read_body("multipart/form-data", limit)
+        head = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode("latin-1")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        if not message.is_multipart():
+            raise Refused(HTTPStatus.BAD_REQUEST, "the multipart body has no parts", "bad_multipart")
+        fields = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name:
+                fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+        return fields
 
     def read_json(self, invalid: str = "the request body is not valid JSON") -> object:
         """The body of a POST parsed as JSON; Refused(400, `invalid` and why) when it is not JSON."""

@@ -33,6 +33,11 @@ def test_default_config_is_valid_and_gets_defaults():
         (lambda c: c["provider"].update(temprature=1), "unknown key provider.temprature"),
         (lambda c: c["styles"]["正常"].update(min_chars=99), "styles.正常: min_chars (99) > max_chars (30)"),
         (lambda c: c["grid"].update(recipients=[]), "grid.recipients"),
+        (lambda c: c["provider"].update(kind="local"), "provider.model_path is required for kind 'local'"),
+        (
+            lambda c: c["provider"].update(kind="local", model_path="m", batch=True),
+            "provider.batch is for a provider's Batch API",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base, mutate, expected):

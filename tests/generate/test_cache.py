@@ -84,3 +84,55 @@ def test_jobs_that_open_a_new_cache_at_once_all_open_it(tmp_path):
     while not errors.empty():
         seen.append(errors.get())
     assert seen == []
+
+
+def test_a_batch_is_recorded_with_its_cells_held_against_the_budget_and_collected_once(tmp_path):
+    from zhufu.generate.cache import Payment
+
+    scope = ('{"kind": "offline"}', "m")
+    with AnswerCache(tmp_path / "c.sqlite") as c:
+        hold = c.hold(scope, 0.5, budget=1.0)
+        assert hold is not None
+        c.record_batch(
+            "b1",
+            scope,
+            "file-1",
+            "ab" * 32,
+            "validating",
+            [("k1", "r1", "s/0"), ("k2", "r2", "s/0")],
+            0.5,
+            hold,
+        )
+        assert c.held(scope) == pytest.approx(0.5)  # the call's hold moved to the open batch
+        assert c.hold(scope, 0.6, budget=1.0) is None  # ... and still counts against the budget
+        assert [b["id"] for b in c.open_batches(scope, {"k2"})] == ["b1"]
+        assert c.open_batches(scope, {"other"}) == []
+        assert c.batch_cells("b1") == {"k1": "r1", "k2": "r2"}
+        paid = Payment(*scope, 0.1, "CNY", "batch")
+        assert c.collect_batch("b1", "expired", [("k1", "r1", "答", 3, 4, paid)])
+        assert not c.collect_batch("b1", "expired", [("k1", "r1", "答", 3, 4, paid)])  # never twice
+        assert c.get("k1").text == "答" and c.get("k2") is None
+        assert c.open_batches(scope) == [] and c.held(scope) == 0
+        (row,) = c.spend_table()
+        assert (row["via"], row["calls"], row["cost"]) == ("batch", 1, pytest.approx(0.1))
+        assert [(b["state"], b["status"]) for b in c.batch_table()] == [("collected", "expired")]
+
+
+def test_a_cache_made_before_batches_gets_the_via_column_its_rows_direct(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE spend (provider TEXT NOT NULL, model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,"
+        " completion_tokens INTEGER NOT NULL, cost REAL NOT NULL, currency TEXT NOT NULL, created REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO spend VALUES ('p', 'm', 1, 2, 0.5, 'CNY', 0)")
+    old.commit()
+    old.close()
+    with open_readonly(path) as c:  # `zhufu spend` looks without migrating
+        (row,) = c.spend_table()
+    assert (row["via"], row["calls"]) == ("direct", 1)
+    with AnswerCache(path) as c:
+        (row,) = c.spend_table()
+    assert (row["via"], row["calls"]) == ("direct", 1)

@@ -32,3 +32,47 @@ def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(pr
         log = project / "logs/generate" / shard.relative_to(project / "results/raw").with_suffix(".log")
         assert log.is_file(), f"no log where the generate rule writes it: {log}"
         assert " 0 requested" in log.read_text(encoding="utf-8").splitlines()[-1], log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_snakemake_with_provider_batch_writes_the_direct_shards_from_one_batch_per_shard(project):
+    """The default grid with provider.batch: one batch per shard job (threads 0: a poller holds no core),
+    no chat completion, the same shards as direct calls; `snakemake -n` afterwards plans nothing."""
+    import json
+
+    (project / "batch.yaml").write_text(
+        "provider:\n  batch: true\n  batch_options: {poll_s: 0.5, poll_max_s: 1}\n", encoding="utf-8"
+    )
+    smk = ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", "batch.yaml"]
+    first = run_cmd(smk, project, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shards = sorted(project.glob("results/raw/*/round_*.json"))
+    assert len(shards) == 3 * 6
+    served = [
+        json.loads(line.split("offline teacher served: ", 1)[1])
+        for log in project.glob("logs/generate/*/*.log")
+        for line in log.read_text(encoding="utf-8").splitlines()
+        if "offline teacher served: " in line
+    ]
+    assert len(served) == 18
+    assert sum(s["batches"] for s in served) == 18 and sum(s["requests"] for s in served) == 0
+    cache = project / ".zhufu-cache" / "llm.sqlite"
+    db = sqlite3.connect(cache)
+    assert db.execute("SELECT state, COUNT(*), SUM(lines) FROM batches GROUP BY state").fetchall() == [
+        ("collected", 18, 612)
+    ]
+    assert db.execute("SELECT via, COUNT(*) FROM spend GROUP BY via").fetchall() == [("batch", 612)]
+    dry = run_cmd([*smk, "-n"], project, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    # the direct path over the same cache: every answer is found, nothing is asked, the shards are equal
+    batch = {p.relative_to(project): p.read_bytes() for p in shards}
+    shutil.rmtree(project / "results")
+    direct = run_cmd(
+        ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2"], project, timeout=600
+    )
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    assert {
+        p.relative_to(project): p.read_bytes() for p in project.glob("results/raw/*/round_*.json")
+    } == batch

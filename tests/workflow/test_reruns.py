@@ -79,7 +79,14 @@ def test_every_provider_key_is_identity_or_operation():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("rpm", 600), ("concurrency", 2), ("budget", 5.0), ("timeout_s", 30)],
+    [
+        ("rpm", 600),
+        ("concurrency", 2),
+        ("budget", 5.0),
+        ("timeout_s", 30),
+        ("batch", True),
+        ("batch_options", {"poll_s": 1, "max_lines": 100}),
+    ],
 )
 def test_an_operation_setting_reruns_nothing(copy, key, value):
     def change(config):

@@ -15,6 +15,10 @@ submitting host, so SQLite's locking holds):
   transaction. A budget is checked against its sum, so it holds across jobs and reruns (`zhufu spend`).
 - `holds`: the worst-case cost of each call in flight, so concurrent jobs can't overshoot the budget
   together; the holds of a process that died are dropped.
+- `batches` and `batch_cells`: every provider batch (zhufu.generate.batch), recorded with its cells in one
+  transaction the moment the provider returns its id, so a killed job's rerun polls it instead of paying
+  for its cells again; a finished batch is collected once (state open -> collected), and until then its
+  worst-case cost is held against the budget.
 - `sends`: the requests of the last window and their estimated tokens, so RPM and TPM caps hold for all
   jobs together. A request holds its slot from the moment it may be sent until a window after its answer
   (or failure) came back: whenever the server saw it, no window of the server's clock holds more than
@@ -67,7 +71,31 @@ CREATE TABLE IF NOT EXISTS sends (
     pid INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sends_scope_t ON sends (scope, t);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    input_sha256 TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    hold REAL NOT NULL,
+    state TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS batch_cells (
+    batch_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL,
+    shard TEXT NOT NULL,
+    PRIMARY KEY (batch_id, key)
+);
+CREATE INDEX IF NOT EXISTS batch_cells_key ON batch_cells (key);
 """
+# Batch states: `open` (created at the provider, not collected yet: its cells are never sent again and its
+# worst-case cost stays held against the budget), `collected` (its answers are stored, once), `lost` (the
+# provider no longer knows it: a 404; its cells are sent again).
+OPEN, COLLECTED, LOST = "open", "collected", "lost"
 
 
 def cache_key(identity: dict, messages: list[dict], params: dict, sample: int = 0) -> str:
@@ -92,6 +120,7 @@ class Payment:
     model: str
     cost: float
     currency: str
+    via: str = "direct"  # direct: one chat completion; batch: the provider's batch API
 
 
 def _scope(scope: tuple[str, str]) -> str:
@@ -143,6 +172,19 @@ class AnswerCache:
                 f"cache {self.path}: cannot open ({e}); check the `cache` path in config"
             ) from None
 
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """A cache made before the batch API: its ledger rows were all direct calls."""
+        conn.execute("BEGIN IMMEDIATE")  # one of the jobs opening the cache at once adds the column
+        try:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(spend)")}
+            if "via" not in columns:
+                conn.execute("ALTER TABLE spend ADD COLUMN via TEXT NOT NULL DEFAULT 'direct'")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def _connect(self, readonly: bool) -> sqlite3.Connection:
         if readonly:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
@@ -154,6 +196,7 @@ class AnswerCache:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(SCHEMA)
+                AnswerCache._migrate(conn)
             conn.execute("PRAGMA busy_timeout=30000")
         except BaseException:
             conn.close()
@@ -186,29 +229,160 @@ class AnswerCache:
             raise ValueError("refusing to cache an empty answer")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
-                (key, request, text, prompt_tokens, completion_tokens, time.time()),
-            )
-            if paid is not None:
-                self.conn.execute(
-                    "INSERT INTO spend VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        paid.provider,
-                        paid.model,
-                        prompt_tokens,
-                        completion_tokens,
-                        paid.cost,
-                        paid.currency,
-                        time.time(),
-                    ),
-                )
+            self._insert_answer(key, request, text, prompt_tokens, completion_tokens, paid)
             if release is not None:
                 self.conn.execute("DELETE FROM holds WHERE id = ?", (release,))
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+
+    def _insert_answer(
+        self,
+        key: str,
+        request: str,
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        paid: Payment | None,
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
+            (key, request, text, prompt_tokens, completion_tokens, time.time()),
+        )
+        if paid is not None:
+            self.conn.execute(
+                "INSERT INTO spend (provider, model, prompt_tokens, completion_tokens, cost, currency, created,"
+                " via) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    paid.provider,
+                    paid.model,
+                    prompt_tokens,
+                    completion_tokens,
+                    paid.cost,
+                    paid.currency,
+                    time.time(),
+                    paid.via,
+                ),
+            )
+
+    # ------------------------------------------------------------------------------------ batches
+
+    def record_batch(
+        self,
+        batch_id: str,
+        scope: tuple[str, str],
+        input_file_id: str,
+        input_sha256: str,
+        status: str,
+        cells: list[tuple[str, str, str]],
+        hold: float,
+        release: int | None = None,
+    ) -> None:
+        """Record a batch the provider has just created, with its cells (key, request, shard) and its
+        worst-case cost, in one transaction; the budget hold `release` (taken before creating) moves to it."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    batch_id,
+                    _scope(scope),
+                    input_file_id,
+                    input_sha256,
+                    len(cells),
+                    hold,
+                    OPEN,
+                    status,
+                    time.time(),
+                ),
+            )
+            self.conn.executemany(
+                "INSERT INTO batch_cells VALUES (?, ?, ?, ?)", [(batch_id, k, r, sh) for k, r, sh in cells]
+            )
+            if release is not None:
+                self.conn.execute("DELETE FROM holds WHERE id = ?", (release,))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def open_batches(self, scope: tuple[str, str], keys: set[str] | None = None) -> list[dict]:
+        """The open batches of `scope` (holding any of `keys`, when given), oldest first."""
+        rows = self.conn.execute(
+            "SELECT id, input_file_id, input_sha256, lines, status, created FROM batches"
+            " WHERE scope = ? AND state = ? ORDER BY created",
+            (_scope(scope), OPEN),
+        ).fetchall()
+        out = []
+        for bid, fid, sha, lines, status, created in rows:
+            if keys is not None and not any(k in keys for k in self.batch_keys(bid)):
+                continue
+            out.append(
+                {
+                    "id": bid,
+                    "input_file_id": fid,
+                    "input_sha256": sha,
+                    "lines": lines,
+                    "status": status,
+                    "created": created,
+                }
+            )
+        return out
+
+    def batch_keys(self, batch_id: str) -> list[str]:
+        return [
+            k for (k,) in self.conn.execute("SELECT key FROM batch_cells WHERE batch_id = ?", (batch_id,))
+        ]
+
+    def batch_cells(self, batch_id: str) -> dict[str, str]:
+        """key -> canonical request of a batch's cells."""
+        return dict(self.conn.execute("SELECT key, request FROM batch_cells WHERE batch_id = ?", (batch_id,)))
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        self.conn.execute(
+            "UPDATE batches SET status = ? WHERE id = ? AND state = ?", (status, batch_id, OPEN)
+        )
+
+    def mark_batch_lost(self, batch_id: str) -> None:
+        self.conn.execute(
+            "UPDATE batches SET state = ?, finished = ? WHERE id = ? AND state = ?",
+            (LOST, time.time(), batch_id, OPEN),
+        )
+
+    def collect_batch(
+        self,
+        batch_id: str,
+        status: str,
+        answers: list[tuple[str, str, str, int, int, Payment]],
+    ) -> bool:
+        """Store a finished batch's answers (key, request, text, tokens in, tokens out, payment) and mark it
+        collected, all in one transaction; False (nothing stored) when it was collected already."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute("SELECT state FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None or row[0] != OPEN:
+                self.conn.execute("COMMIT")
+                return False
+            for key, request, text, pt, ct, paid in answers:
+                if text.strip():
+                    self._insert_answer(key, request, text, pt, ct, paid)
+            self.conn.execute(
+                "UPDATE batches SET state = ?, status = ?, finished = ? WHERE id = ?",
+                (COLLECTED, status, time.time(), batch_id),
+            )
+            self.conn.execute("COMMIT")
+            return True
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def batch_table(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT id, lines, state, status, hold, created, finished FROM batches ORDER BY created"
+        ).fetchall()
+        keys = ("id", "lines", "state", "status", "hold", "created", "finished")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     # ------------------------------------------------------------------------------------ the budget
 
@@ -224,9 +398,7 @@ class AnswerCache:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             self._drop_dead_holds()
-            held = self.conn.execute(
-                "SELECT COALESCE(SUM(cost), 0) FROM holds WHERE scope = ?", (_scope(scope),)
-            ).fetchone()[0]
+            held = self.held(scope)
             if self.spent(provider, model) + held + cost > budget:
                 self.conn.execute("COMMIT")
                 return None
@@ -239,6 +411,16 @@ class AnswerCache:
             self.conn.execute("ROLLBACK")
             raise
 
+    def held(self, scope: tuple[str, str]) -> float:
+        """The worst case of the calls in flight and of the open batches, reserved against the budget."""
+        calls = self.conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM holds WHERE scope = ?", (_scope(scope),)
+        ).fetchone()[0]
+        batches = self.conn.execute(
+            "SELECT COALESCE(SUM(hold), 0) FROM batches WHERE scope = ? AND state = ?", (_scope(scope), OPEN)
+        ).fetchone()[0]
+        return float(calls) + float(batches)
+
     def release(self, hold_id: int) -> None:
         self.conn.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
 
@@ -247,15 +429,24 @@ class AnswerCache:
             if not _alive(pid):
                 self.conn.execute("DELETE FROM holds WHERE pid = ?", (pid,))
 
+    def _via(self) -> str:
+        """The ledger's `via` column; 'direct' for a cache made before batches and opened read-only."""
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(spend)")}
+        return "via" if "via" in columns else "'direct'"
+
     def spend_table(self) -> list[dict]:
         rows = self.conn.execute(
-            "SELECT provider, model, currency, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost),"
-            " MIN(created), MAX(created) FROM spend GROUP BY provider, model, currency ORDER BY provider, model"
+            "SELECT provider, model, currency, "
+            + self._via()
+            + ", COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+            " SUM(cost), MIN(created), MAX(created) FROM spend GROUP BY provider, model, currency, 4"
+            " ORDER BY provider, model, 4"
         ).fetchall()
         keys = (
             "provider",
             "model",
             "currency",
+            "via",
             "calls",
             "prompt_tokens",
             "completion_tokens",

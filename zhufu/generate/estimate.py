@@ -64,15 +64,18 @@ def estimate_shards(
 def estimate_report(config: dict, estimates: list[ShardEstimate], cache_path: str | Path) -> dict:
     """The estimate as JSON (results/estimate.json, `zhufu estimate --json`): per shard and in total."""
     provider = config["provider"]
+    batch = bool(provider.get("batch"))
     shards = []
     for e in estimates:
         row = {k: getattr(e, k) for k in ShardEstimate.__dataclass_fields__}
-        row["cost"] = round(cost_of(provider, e.prompt_tokens, e.completion_tokens), 6)
+        row["cost"] = round(cost_of(provider, e.prompt_tokens, e.completion_tokens, batch=batch), 6)
         shards.append(row)
     total = {k: sum(r[k] for r in shards) for k in ("cells", "skipped", "cached", "calls")}
     total["prompt_tokens"] = sum(e.prompt_tokens for e in estimates)
     total["completion_tokens"] = sum(e.completion_tokens for e in estimates)
-    total["cost"] = round(cost_of(provider, total["prompt_tokens"], total["completion_tokens"]), 6)
+    total["cost"] = round(
+        cost_of(provider, total["prompt_tokens"], total["completion_tokens"], batch=batch), 6
+    )
     cache = open_readonly(cache_path)
     try:
         spent = cache.spent(*spend_scope(provider)) if cache is not None else 0.0
@@ -85,6 +88,7 @@ def estimate_report(config: dict, estimates: list[ShardEstimate], cache_path: st
         "model": provider["model"],
         "currency": (provider.get("price") or {}).get("currency", ""),
         "budget": provider.get("budget"),
+        "via": "batch" if batch else "direct",
         "spent_before": round(spent, 6),
         "total": total,
         "shards": shards,
@@ -99,13 +103,15 @@ def _ljust(text: str, width: int) -> str:
 
 def format_estimate(config: dict, estimates: list[ShardEstimate], spent: float = 0.0) -> str:
     provider = config["provider"]
+    batch = bool(provider.get("batch"))
+    via = "batch API prices" if batch else "direct prices"
     lines = [
         f"provider {provider['kind']} / {provider['model']} (estimate: 1 token per CJK character, "
-        f"completion ≈ style max_chars)",
+        f"completion ≈ style max_chars; {via})",
         f"{'shard':<24}{'cells':>7}{'skipped':>9}{'cached':>8}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}",
     ]
     for e in estimates:
-        cost = cost_of(provider, e.prompt_tokens, e.completion_tokens)
+        cost = cost_of(provider, e.prompt_tokens, e.completion_tokens, batch=batch)
         lines.append(
             f"{_ljust(e.style + '/round_' + str(e.round), 24)}{e.cells:>7}{e.skipped:>9}{e.cached:>8}{e.calls:>7}"
             f"{e.prompt_tokens:>10}{e.completion_tokens:>10}{money(provider, cost):>14}"
@@ -113,7 +119,7 @@ def format_estimate(config: dict, estimates: list[ShardEstimate], spent: float =
     calls = sum(e.calls for e in estimates)
     pin = sum(e.prompt_tokens for e in estimates)
     pout = sum(e.completion_tokens for e in estimates)
-    total = cost_of(provider, pin, pout)
+    total = cost_of(provider, pin, pout, batch=batch)
     budget = provider.get("budget")
     lines.append(
         f"total: {calls} calls, ~{pin} input + ~{pout} output tokens, ~{money(provider, total)}"
@@ -195,10 +201,10 @@ def run_spend(args) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     print(f"spend ledger of {cache_path} (every paid answer, all runs)")
-    print(f"{'provider':<34}{'model':<24}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}")
+    print(f"{'provider':<34}{'model':<24}{'via':<8}{'calls':>7}{'in tok':>10}{'out tok':>10}{'cost':>14}")
     for r in rows:
         print(
-            f"{r['provider']:<34}{r['model']:<24}{r['calls']:>7}{r['prompt_tokens']:>10}"
+            f"{r['provider']:<34}{r['model']:<24}{r['via']:<8}{r['calls']:>7}{r['prompt_tokens']:>10}"
             f"{r['completion_tokens']:>10}{r['cost']:>10.4f} {r['currency']}"
         )
     if not rows:

@@ -21,11 +21,21 @@ def completion_tokens_estimate(config: dict, style: str) -> int:
     return min(config["provider"]["max_tokens"], config["styles"][style]["max_chars"] + 8)
 
 
-def cost_of(provider: dict, prompt_tokens: float, completion_tokens: float) -> float:
+def rates(provider: dict, batch: bool = False) -> tuple[float, float]:
+    """(input, output) price per 1M tokens; `batch`: the batch API's (null in the config = half the direct)."""
     price = provider.get("price") or {}
-    return (
-        prompt_tokens * price.get("input_per_1m", 0.0) + completion_tokens * price.get("output_per_1m", 0.0)
-    ) / 1e6
+    pin, pout = price.get("input_per_1m", 0.0), price.get("output_per_1m", 0.0)
+    if batch:
+        bin_, bout = price.get("batch_input_per_1m"), price.get("batch_output_per_1m")
+        pin = pin / 2 if bin_ is None else bin_
+        pout = pout / 2 if bout is None else bout
+    return pin, pout
+
+
+def cost_of(provider: dict, prompt_tokens: float, completion_tokens: float, *, batch: bool = False) -> float:
+    """What a call costs at the price table: the direct price, or with `batch` the batch API's."""
+    pin, pout = rates(provider, batch)
+    return (prompt_tokens * pin + completion_tokens * pout) / 1e6
 
 
 def money(provider: dict, amount: float) -> str:

@@ -325,3 +325,156 @@ def make_provider(
     if not url:
         raise ProviderError(f"provider.base_url is required for kind '{provider['kind']}'")
     return OpenAIProvider(provider, api_key, url)
+
+
+# ---------------------------------------------------------------------------------------------- batch APIs
+
+
+class BatchLost(Exception):
+    """The provider does not know the batch (404 on retrieve): its cells must be sent again."""
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch as the poller sees it: status, its output and error files, and its request counts."""
+
+    id: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    total: int
+    completed: int
+    failed: int
+
+
+BATCH_ENDPOINT = "/v1/chat/completions"
+BATCH_DONE = {"completed", "expired", "failed", "cancelled"}
+
+
+def _batch_info(batch: Any) -> BatchInfo:
+    counts = getattr(batch, "request_counts", None)
+    return BatchInfo(
+        batch.id,
+        batch.status,
+        getattr(batch, "output_file_id", None),
+        getattr(batch, "error_file_id", None),
+        int(getattr(counts, "total", 0) or 0),
+        int(getattr(counts, "completed", 0) or 0),
+        int(getattr(counts, "failed", 0) or 0),
+    )
+
+
+class _Batches:
+    """The files + batches protocol of one SDK client (synchronous: the batch run polls, it does not race).
+
+    `status_error`, `not_found` and `transport` are the SDK's exception classes."""
+
+    client: Any
+    status_error: type
+    transport: tuple[type, ...]
+
+    def body(self, messages: list[dict], sample: int) -> dict:
+        """One line's request body: what the direct path sends for the same cell."""
+        return {"model": self.model, "messages": messages, **self.params, **self.extra(sample)}
+
+    def extra(self, sample: int) -> dict:
+        return {}
+
+    def _fail(self, what: str, e: Exception) -> ProviderError:
+        if isinstance(e, self.status_error):
+            snippet = " ".join(str(e.response.text).split())[:160]
+            return ProviderError(f"batch API: {what} failed: HTTP {e.status_code}: {snippet}")
+        return ProviderError(f"batch API: {what} failed: {type(e).__name__}: {e}")
+
+    def upload(self, data: bytes, name: str) -> str:
+        try:
+            return self.client.files.create(file=(name, data, "application/jsonl"), purpose="batch").id
+        except (self.status_error, *self.transport) as e:
+            raise self._fail("uploading the batch file", e) from None
+
+    def create(self, file_id: str, window: str) -> BatchInfo:
+        try:
+            batch = self.client.batches.create(
+                input_file_id=file_id, endpoint=BATCH_ENDPOINT, completion_window=window
+            )
+        except (self.status_error, *self.transport) as e:
+            raise self._fail("creating the batch", e) from None
+        return _batch_info(batch)
+
+    def retrieve(self, batch_id: str) -> BatchInfo | None:
+        """The batch now; None when this poll failed in passing (a timeout, a 5xx); BatchLost on a 404."""
+        try:
+            return _batch_info(self.client.batches.retrieve(batch_id))
+        except self.status_error as e:
+            if e.status_code == 404:
+                raise BatchLost(batch_id) from None
+            if e.status_code in RETRYABLE_STATUS or e.status_code >= 500:
+                return None
+            raise self._fail(f"polling batch {batch_id}", e) from None
+        except self.transport:
+            return None
+
+    def content(self, file_id: str) -> str:
+        try:
+            response = self.client.files.content(file_id)
+        except (self.status_error, *self.transport) as e:
+            raise self._fail(f"downloading file {file_id}", e) from None
+        return response.content.decode("utf-8")
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        try:
+            return _batch_info(self.client.batches.cancel(batch_id))
+        except (self.status_error, *self.transport) as e:
+            raise self._fail(f"cancelling batch {batch_id}", e) from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class OpenAIBatches(_Batches):
+    """`openai` and `offline` kinds: the synchronous OpenAI client's files and batches."""
+
+    def __init__(self, provider: dict, api_key: str, base_url: str):
+        import openai
+
+        self.model = provider["model"]
+        self.params = sampling_params(provider)
+        self.seeded = provider["kind"] == "offline"
+        self.client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=provider["timeout_s"]
+        )
+        self.status_error = openai.APIStatusError
+        self.transport = (openai.APIConnectionError, openai.APITimeoutError)
+
+    def extra(self, sample: int) -> dict:
+        return {"seed": sample} if self.seeded else {}  # as OpenAIProvider.complete sends it
+
+
+class ZhipuBatches(_Batches):
+    """`zhipuai` kind: the zhipuai SDK's client.files and client.batches."""
+
+    def __init__(self, provider: dict, api_key: str, base_url: str | None):
+        import httpx
+        from zhipuai import ZhipuAI
+        from zhipuai.core import _errors as zerr
+
+        self.model = provider["model"]
+        self.params = sampling_params(provider)
+        self.client = ZhipuAI(
+            api_key=api_key,
+            base_url=base_url or ZHIPUAI_DEFAULT_BASE_URL,
+            max_retries=0,
+            timeout=provider["timeout_s"],
+        )
+        self.status_error = zerr.APIStatusError
+        self.transport = (zerr.APIConnectionError, zerr.APITimeoutError, httpx.TransportError)
+
+
+def make_batches(provider: dict, api_key: str, base_url: str | None = None) -> OpenAIBatches | ZhipuBatches:
+    """The batch API client of `provider`; base_url overrides the config's."""
+    url = base_url or provider.get("base_url")
+    if provider["kind"] == "zhipuai":
+        return ZhipuBatches(provider, api_key, url)
+    if not url:
+        raise ProviderError(f"provider.base_url is required for kind '{provider['kind']}'")
+    return OpenAIBatches(provider, api_key, url)

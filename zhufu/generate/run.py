@@ -2,7 +2,8 @@
 
 Every cell's prompt is seeded (zhufu.grid), every answer goes through the persistent cache (zhufu.generate.cache),
 so a rerun pays only for what is missing. Calls run concurrently under RPM/TPM limits, with retries,
-backoff and Retry-After honoured (zhufu.generate.limits), and an optional money budget. A shard is written,
+backoff and Retry-After honoured (zhufu.generate.limits), and an optional money budget; with
+`provider.batch` they go through the provider's batch API instead (zhufu.generate.batch). A shard is written,
 atomically, only when every one of its cells has an answer; otherwise the failed cells are listed and
 `ProviderError` is raised, and the next run asks only for those.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from zhufu import grid
 from zhufu.config import load_config
 from zhufu.errors import ProviderError
+from zhufu.generate.batch import generate_by_batch
 from zhufu.generate.cache import AnswerCache
 from zhufu.generate.engine import FATAL_STATUS, RunState, call_with_retries, store_paid
 from zhufu.generate.estimate import add_shard_arguments, estimate, selected_shards
@@ -30,7 +32,7 @@ from zhufu.generate.limits import Limits
 from zhufu.generate.local import LOG_DIR_ENV, serving
 from zhufu.generate.pricing import cost_of, money, prompt_tokens_estimate
 from zhufu.generate.progress import RunProgress
-from zhufu.generate.providers import CallError, make_provider, resolve_api_key
+from zhufu.generate.providers import CallError, make_batches, make_provider, resolve_api_key
 from zhufu.io import atomic_path, write_jsonl
 
 log = logging.getLogger("zhufu.generate")
@@ -254,9 +256,16 @@ def generate_shards(
     share = p.get("max_failed_share", 0.0)
     with AnswerCache(cache_path) as cache:
         with serving(p, api_key, base_url) as (url, key):
-            client = make_provider(p, key, url)
             started = time.monotonic()
-            state = asyncio.run(_run(config, stats, matrix, cache, client, progress, endpoint))
+            if p.get("batch"):  # the batch API: one process, one batch (zhufu.generate.batch)
+                batches = make_batches(p, key, url)
+                try:
+                    state = generate_by_batch(config, stats, matrix, cache, batches, endpoint)
+                finally:
+                    batches.close()
+            else:
+                client = make_provider(p, key, url)
+                state = asyncio.run(_run(config, stats, matrix, cache, client, progress, endpoint))
             seconds = time.monotonic() - started
         state.cache_spent = cache.spent(*spend_scope(p, endpoint))
         for s in stats:

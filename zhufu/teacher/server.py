@@ -10,8 +10,9 @@ Answers are reproducible: the random choices are seeded by a hash of the request
 temperature and `seed`, so the same request always gets the same answer and different cells differ.
 
 Endpoints: `POST /v1/chat/completions` (also `/chat/completions` and ZhipuAI's
-`/api/paas/v4/chat/completions`), `GET /v1/models`, and `GET /zhufu/stats`, which returns
-`{"requests": n, ...}`: the chat-completion requests received so far.
+`/api/paas/v4/chat/completions`), `GET /v1/models`, the Batch API (zhufu.teacher.batches: files, batches,
+answered after `batch_delay_s`), and `GET /zhufu/stats`, which returns `{"requests": n, ...}`: the
+chat-completion requests received so far, and the batch counters.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from urllib.request import urlopen
 
 from zhufu.errors import ProviderError
 from zhufu.teacher.bank import DEFAULT_PHRASES, load_phrases
+from zhufu.teacher.batches import BatchStore, handle_get, handle_post
 from zhufu.teacher.compose import compose
 from zhufu.teacher.judge import is_judge_request, verdict
 from zhufu.teacher.prompt import parse_prompt
@@ -152,8 +154,10 @@ class TeacherServer(LocalServer):
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         max_body_bytes: int = MAX_BODY_BYTES,
         allowed_hosts: tuple[str, ...] = (),
+        batch_delay_s: float = 1.0,
     ):
         self.bank = load_phrases(str(phrases))
+        self.batches = BatchStore(lambda body: completion(_check_body(body), self.bank), batch_delay_s)
         self.request_count = 0
         self.completion_count = 0
         self.error_count = 0
@@ -181,6 +185,7 @@ class TeacherServer(LocalServer):
                 "requests": self.request_count,
                 "completions": self.completion_count,
                 "errors": self.error_count,
+                **self.batches.stats(),
             }
 
 
@@ -208,12 +213,20 @@ class _Handler(LocalHandler):
             self.send_json(200, {"object": "list", "data": [model]})
         elif route in STATS_PATHS:
             self.send_json(200, self.server.stats())
+        elif handle_get(self, self.server.batches, route):
+            pass
         else:
             self.send_json(404, self.error_body(Refused(404, f"no such endpoint: GET {route}", "not_found")))
 
     def do_POST(self) -> None:
         path = self.route
         if path not in CHAT_PATHS:
+            try:
+                if handle_post(self, self.server.batches, path):
+                    return
+            except Refused as e:
+                self.refuse(e)
+                return
             self.refuse(Refused(404, f"no such endpoint: POST {path}", "not_found"))
             return
         self.server.count("request_count")
@@ -258,10 +271,13 @@ def start_teacher(
     port: int = 0,
     phrases: str | Path = DEFAULT_PHRASES,
     allowed_hosts: tuple[str, ...] = (),
+    batch_delay_s: float = 1.0,
 ) -> TeacherServer:
     """Start the teacher in a background thread; call `.shutdown()` and `.server_close()` to stop it."""
     try:
-        server = TeacherServer((host, port), phrases, allowed_hosts=allowed_hosts)
+        server = TeacherServer(
+            (host, port), phrases, allowed_hosts=allowed_hosts, batch_delay_s=batch_delay_s
+        )
     except OSError as e:
         raise ProviderError(
             f"offline teacher: cannot listen on {host}:{port} ({e.strerror}); use another --port"
@@ -273,13 +289,17 @@ def start_teacher(
 
 @contextmanager
 def running_teacher(
-    host: str = "127.0.0.1", port: int = 0, phrases: str | Path = DEFAULT_PHRASES
+    host: str = "127.0.0.1",
+    port: int = 0,
+    phrases: str | Path = DEFAULT_PHRASES,
+    batch_delay_s: float = 1.0,
 ) -> Iterator[str]:
     """Run the teacher for the duration of a `with` block; yields its base_url (http://127.0.0.1:PORT/v1)."""
-    server = start_teacher(host, port, phrases)
+    server = start_teacher(host, port, phrases, batch_delay_s=batch_delay_s)
     try:
         yield server.base_url
     finally:
+        log.info("offline teacher served: %s", json.dumps(server.stats(), sort_keys=True))
         server.shutdown()
         server.server_close()
 
@@ -312,12 +332,20 @@ def add_serve_teacher_arguments(parser) -> None:
         "--phrases", default=str(DEFAULT_PHRASES), help="phrase bank YAML (default: %(default)s)"
     )
     parser.add_argument(
+        "--batch-delay",
+        type=float,
+        default=1.0,
+        help="seconds after which a batch completes (the Batch API; default: %(default)s)",
+    )
+    parser.add_argument(
         "--allow-host", action="append", default=[], help="another Host name the API may be reached by"
     )
 
 
 def run_serve_teacher(args) -> int:
-    server = start_teacher(args.host, args.port, args.phrases, tuple(args.allow_host))
+    server = start_teacher(
+        args.host, args.port, args.phrases, tuple(args.allow_host), batch_delay_s=args.batch_delay
+    )
     print(
         f"Zhufu offline teacher: a phrase bank, NOT an LLM. It composes blessings from {args.phrases}\n"
         f"so the workflow runs without an API key. OpenAI-compatible endpoint: {server.base_url}\n"
