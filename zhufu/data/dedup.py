@@ -17,8 +17,7 @@ from datasketch import MinHash
 
 from zhufu.text import EMOJI_BASE
 
-
-# what normalise removes, in one C-level pass: \\W and _ are exactly the characters for which str.isalnum()
+# what normalise removes, in one C-level pass: \W and _ are exactly the characters for which str.isalnum()
 # is False (re's word characters are isalnum() and _), and is_emoji of one character is its class EMOJI_BASE
 _NOT_KEY = re.compile(f"[\\W_{EMOJI_BASE}]+")
 
