@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 
 # Pictographs, dingbats and symbols, plus the joiners and modifiers that glue one visible emoji together.
-_EMOJI_BASE = (
+EMOJI_BASE = (
     "\U0001f000-\U0001f02f\U0001f0a0-\U0001f0ff\U0001f100-\U0001f1ff\U0001f200-\U0001f2ff"
     "\U0001f300-\U0001f5ff\U0001f600-\U0001f64f\U0001f680-\U0001f6ff\U0001f700-\U0001f7ff"
     "\U0001f800-\U0001f8ff\U0001f900-\U0001f9ff\U0001fa00-\U0001faff\u2600-\u27bf\u2b50\u2b55"
     "\u2b06\u2b07\u2b05\u2934\u2935\u3030\u303d\u3297\u3299\u00a9\u00ae\u203c\u2049\u2122\u2139"
 )
 EMOJI_RE = re.compile(
-    f"[{_EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{_EMOJI_BASE}](?:\ufe0f)?)*"
+    f"[{EMOJI_BASE}](?:\ufe0f|[\U0001f3fb-\U0001f3ff])*(?:\u200d[{EMOJI_BASE}](?:\ufe0f)?)*"
 )
 
 _HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002fa1f\uf900-\ufaff"

@@ -1,5 +1,6 @@
-"""The parts that keep the clean stage linear (issue 24): the compiled record check, the streamed reader and
-the capped near-dedup, each against an oracle that does not use it (jsonschema, json.loads, brute force)."""
+"""The parts that keep the clean stage linear (issue 24): the compiled record check, the streamed reader, the
+capped near-dedup, the streamed JSON writer and the one-regex normalise, each against an oracle that does not
+use it (jsonschema, json.loads, brute force, json.dumps, the per-character definition)."""
 
 import copy
 import json
@@ -7,15 +8,18 @@ import random
 from unittest import mock
 
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zhufu.data.dedup import lsh_bands, near_duplicates
+from zhufu.data.dedup import _NOT_KEY, lsh_bands, near_duplicates, normalise, shared_buckets
 from zhufu.data.records import read_records, record_check, validate_records
 from zhufu.errors import DataError
+from zhufu.io import dump_indented, write_json
+from zhufu.text import is_emoji
 
 SCHEMA = yaml.safe_load((ROOT / "schemas" / "record.schema.yaml").read_text(encoding="utf-8"))
 JSONSCHEMA = jsonschema.Draft202012Validator(SCHEMA)
@@ -218,3 +222,51 @@ def test_capped_near_dedup_still_finds_the_closest_twin_in_a_full_bucket():
     found = near_duplicates(texts, 3, 0.8, 64, bucket_cap=64, verify_cap=4)
     assert len(texts) - len(full) > 64  # more kept texts than a bucket holds: the caps are reached
     assert 200 in found and found[200][1] >= 0.9
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3) | st.integers() | st.booleans() | st.none() | st.floats(), inner, max_size=4),
+    max_leaves=25,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.sampled_from([None, 0, 1, 2, "\t"]))
+def test_write_json_writes_what_json_dumps_writes_byte_for_byte(tmp_path_factory, value, indent):
+    """train.json and the clean report are written in pieces as they are encoded (at 1M records each was a
+    string of hundreds of megabytes): the file is still json.dumps's text, for any JSON value."""
+    path = tmp_path_factory.mktemp("w") / "out.json"
+    write_json(path, value, indent=indent)
+    assert path.read_text(encoding="utf-8") == json.dumps(value, ensure_ascii=False, indent=indent) + "\n"
+
+
+def test_write_json_writes_a_generator_as_its_list_in_pieces(tmp_path):
+    """train.json's rows come from a generator, and a long list is handed to the file in several writes."""
+    rows = [
+        {"conversation": [{"system": "s", "input": f"祝{k}", "output": '"新年"快乐\n😀'}]} for k in range(3)
+    ]
+    nested = {"rows": rows, "empty": [], "none": {}, "n": [1, 2.5, None, True]}
+    pieces: list[str] = []
+    dump_indented({**nested, "rows": (r for r in rows), "empty": (r for r in [])}, " ", pieces.append, 4)
+    assert "".join(pieces) == json.dumps(nested, ensure_ascii=False, indent=1)
+    assert len(pieces) > 1
+    write_json(tmp_path / "train.json", (r for r in rows), indent=1)
+    assert json.loads((tmp_path / "train.json").read_text(encoding="utf-8")) == rows
+
+
+def test_normalise_keeps_exactly_the_alphanumeric_characters_that_are_not_emoji():
+    """The one-regex normalise against its definition, over every code point."""
+    chars = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    expected = "".join(ch for ch in chars if ch.isalnum() and not is_emoji(ch))
+    assert _NOT_KEY.sub("", chars) == expected
+    assert normalise("Ｈｉ，祝你_生日快乐！🎂①") == "hi祝你生日快乐1"
+
+
+def test_shared_buckets_number_only_the_band_keys_two_rows_share():
+    keys = np.array([[5, 7], [5, 8], [6, 7], [9, 7]], dtype=np.uint64)
+    assert shared_buckets(keys).tolist() == [[0, 1], [0, -1], [-1, 1], [-1, 1]]
+    keys = np.array([[5, 5], [5, 5], [1, 2]], dtype=np.uint64)  # the same key in two bands: two buckets
+    assert shared_buckets(keys).tolist() == [[0, 1], [0, 1], [-1, -1]]

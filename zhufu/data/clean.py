@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.mix import draw, source_records, wanted
 from zhufu.data.records import read_records
 from zhufu.data.rules import ALL_RULES, rewritten_input, rules_by_set
-from zhufu.data.verdicts import record_verdicts
+from zhufu.data.verdicts import iter_record_verdicts
 from zhufu.grid import load_suitability
 from zhufu.io import write_json
 from zhufu.text import count_chars
@@ -25,9 +26,19 @@ from zhufu.text import count_chars
 log = logging.getLogger(__name__)
 
 
-def _rule_meta(meta: dict) -> dict:
-    keys = ("recipient", "scene", "style", "rule_set")
-    return {k: meta.get(k) for k in keys}
+_RULE_META_KEYS = ("recipient", "scene", "style", "rule_set")
+
+
+def _rule_meta(meta: dict, memo: dict | None = None) -> dict:
+    """What the record rules read of a record's meta; with `memo`, one dict for all records that have the
+    same (a few hundred grid cells among a million records, and the workers get each once per chunk)."""
+    values = tuple(meta.get(k) for k in _RULE_META_KEYS)
+    if memo is None:
+        return dict(zip(_RULE_META_KEYS, values, strict=True))
+    found = memo.get(values)
+    if found is None:
+        found = memo[values] = dict(zip(_RULE_META_KEYS, values, strict=True))
+    return found
 
 
 def _record_rule_sets(records: list[dict]) -> list:
@@ -98,8 +109,9 @@ def surviving_records(
     """The records that no record rule drops, repaired; a record is dropped whole when one turn is. Each
     record gets the rules of its rule set (meta.rule_set), if it names one."""
     by_set = rules_by_set(rules, _record_rule_sets(records))
-    items = [(t["output"], _rule_meta(r["meta"])) for r in records for t in r["conversation"]]
-    verdicts = iter(record_verdicts(items, rules, styles, matrix, workers))
+    metas: dict = {}
+    items = [(t["output"], _rule_meta(r["meta"], metas)) for r in records for t in r["conversation"]]
+    verdicts = iter_record_verdicts(items, rules, styles, matrix, workers)
     survivors: list[dict] = []
     for record in records:
         turns = [dict(t) for t in record["conversation"]]
@@ -278,12 +290,13 @@ def mix_general(
     return drawn, reports
 
 
-def training_rows(kept: list[dict]) -> list[dict]:
-    """train.json: exactly what XTuner's load_dataset('json') + template_map_fn consume, no meta."""
-    return [
+def training_rows(kept: list[dict]) -> Iterator[dict]:
+    """train.json's rows, one at a time (write_json writes them as they come, so a million of them are never
+    all built at once): exactly what XTuner's load_dataset('json') + template_map_fn consume, no meta."""
+    return (
         {"conversation": [{k: t[k] for k in ("system", "input", "output")} for t in r["conversation"]]}
         for r in kept
-    ]
+    )
 
 
 def clean(

@@ -7,6 +7,7 @@ the candidates of a row are capped, so the work grows with the rows, not with ro
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -14,13 +15,17 @@ import numpy as np
 import xxhash
 from datasketch import MinHash
 
-from zhufu.text import is_emoji
+from zhufu.text import EMOJI_BASE
+
+# what normalise removes, in one C-level pass: \W and _ are exactly the characters for which str.isalnum()
+# is False (re's word characters are isalnum() and _), and is_emoji of one character is its class EMOJI_BASE
+_NOT_KEY = re.compile(f"[\\W_{EMOJI_BASE}]+")
 
 
 def normalise(text: str) -> str:
-    """The dedup key of a text: NFKC, lower case, only letters, digits and Han (no punctuation, emoji, space)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(ch for ch in text if ch.isalnum() and not is_emoji(ch))
+    """The dedup key of a text: NFKC, lower case, only letters, digits and Han (no punctuation, emoji, space):
+    the characters `ch.isalnum() and not is_emoji(ch)`."""
+    return _NOT_KEY.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
 def shingles(key: str, n: int) -> set[bytes]:
@@ -134,6 +139,7 @@ def near_duplicates(
     bucket_cap: int = 64,
     verify_cap: int = 32,
     chunk_rows: int = 1 << 16,
+    cache_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
     """index -> (index of an earlier kept record, Jaccard) for near-duplicates of short texts.
 
@@ -152,19 +158,21 @@ def near_duplicates(
     """
     signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     bands, rows = lsh_bands(threshold, num_perm, recall, recall_margin)
-    all_keys = band_keys(signatures, bands, rows)
-    index: list[dict[int, list[int]]] = [{} for _ in range(bands)]
+    groups = shared_buckets(band_keys(signatures, bands, rows))
+    # bucket id -> the kept rows in it (at most bucket_cap); a list per bucket that two or more rows share
+    index: list[list[int]] = [[] for _ in range(int(groups.max(initial=-1)) + 1)]
     # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
     # cache holds the texts that keep turning up as candidates
-    grams = lru_cache(maxsize=1 << 16)(lambda j: _grams(keys[j], ngram))
+    grams = lru_cache(maxsize=cache_rows)(lambda j: _grams(keys[j], ngram))
     dups: dict[int, tuple[int, float]] = {}
     for lo in range(0, len(keys), chunk_rows):
-        for i, row_keys in enumerate(all_keys[lo : lo + chunk_rows].tolist(), start=lo):
+        for i, row_keys in enumerate(groups[lo : lo + chunk_rows].tolist(), start=lo):
+            row_keys = [g for g in row_keys if g >= 0]
+            if not row_keys:  # no band shared with any other row: no candidate now, none for a later row
+                continue
             candidates: set[int] = set()
-            for band, key in zip(index, row_keys, strict=True):
-                hit = band.get(key)
-                if hit is not None:
-                    candidates.update(hit)
+            for g in row_keys:
+                candidates.update(index[g])
             best: tuple[int, float] | None = None
             if candidates:
                 if len(candidates) > verify_cap:
@@ -183,8 +191,24 @@ def near_duplicates(
             if best is not None:
                 dups[i] = best
             else:
-                for band, key in zip(index, row_keys, strict=True):
-                    hit = band.setdefault(key, [])
+                for g in row_keys:
+                    hit = index[g]
                     if len(hit) < bucket_cap:
                         hit.append(i)
     return dups
+
+
+def shared_buckets(keys):
+    """(rows × bands) int64 of the LSH band keys from band_keys: a bucket id, numbered across all bands, where
+    another row has the same key in that band, and -1 where none does (such a bucket can never hold a
+    candidate for anyone, so it is neither looked up nor stored: at 1M rows most of the ten million band
+    keys are of this kind, and a dict entry and a list each had cost about 150 bytes)."""
+    out = np.full(keys.shape, -1, dtype=np.int64)
+    base = 0
+    for b in range(keys.shape[1]):
+        _, inverse, counts = np.unique(keys[:, b], return_inverse=True, return_counts=True)
+        shared = counts > 1
+        ids = np.cumsum(shared) - 1 + base  # consecutive ids for the shared keys of this band
+        out[:, b] = np.where(shared[inverse], ids[inverse], -1)
+        base += int(shared.sum())
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -108,12 +109,24 @@ def record_verdicts(
 ) -> list[Verdict]:
     """record_verdict over (text, meta) pairs, in order, each with the rules of its meta's rule_set (none:
     rules_cfg itself); large inputs are split across the CPU cores."""
+    return list(iter_record_verdicts(items, rules_cfg, styles, matrix, workers))
+
+
+def iter_record_verdicts(
+    items: list[tuple[str, dict]],
+    rules_cfg: dict,
+    styles: dict,
+    matrix: dict | None,
+    workers: int | None = None,
+) -> Iterator[Verdict]:
+    """record_verdicts one at a time, each Verdict made when it is asked for (a million of them held at
+    once took a few hundred megabytes)."""
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
         by_set = rules_by_set(rules_cfg)
-        return [record_verdict(text, meta, by_set[meta.get("rule_set")], ctx) for text, meta in items]
+        return (record_verdict(text, meta, by_set[meta.get("rule_set")], ctx) for text, meta in items)
     size = max(5_000, len(items) // (workers * 2) + 1)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     with ProcessPoolExecutor(
@@ -123,4 +136,4 @@ def record_verdicts(
         initargs=(rules_cfg, styles, matrix),
     ) as pool:
         results = [r for chunk in pool.map(_verdicts_chunk, chunks) for r in chunk]
-    return [Verdict(text) if r is None else Verdict(*r) for (text, _), r in zip(items, results, strict=True)]
+    return (Verdict(text) if r is None else Verdict(*r) for (text, _), r in zip(items, results, strict=True))
