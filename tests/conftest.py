@@ -1,7 +1,7 @@
 """Fixtures shared by the test modules. Shared helpers live in helpers.py; this file is never imported.
 
 `make test` runs the suite on two pytest-xdist workers. A work unit (all its tests on one worker) is a
-module by default, so a module fixture is built once, or the group GROUPS names: `default-run` for the three
+module by default, so a module fixture is built once, or the group GROUPS names: `default-run` for the four
 modules that read the one finished default workflow (`default_run`, built once per worker that needs it, so
 once), `real-<arch>` for each real profile's tests. The units that run a workflow are handed out first
 (HEAVY_GROUPS order), so the two workers finish together.
@@ -30,7 +30,7 @@ def project(tmp_path) -> Path:
 def default_run(tmp_path_factory) -> Path:
     """The embedded default workflow (what `make run` runs), run once in a copy of the project.
 
-    Shared by tests/workflow/test_workflow.py, test_reruns.py and test_slurm.py: a test that changes
+    Shared by tests/workflow/test_workflow.py, test_reruns.py, test_slurm.py and test_local_teacher_run.py: a test that changes
     anything works on a copy of it (shutil.copytree with copy2 keeps the mtimes Snakemake plans by).
     """
     # Under xdist the workers' base temps share a parent: a second worker here means the grouping broke
@@ -59,6 +59,7 @@ GROUPS = {
     "tests/workflow/test_workflow.py": "default-run",
     "tests/workflow/test_reruns.py": "default-run",
     "tests/workflow/test_slurm.py": "default-run",
+    "tests/workflow/test_local_teacher_run.py": "default-run",  # its teacher is the default run's model
     "tests/workflow/test_real_profiles.py": "real-{param}",
 }
 

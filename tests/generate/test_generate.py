@@ -216,6 +216,7 @@ def test_shard_config_holds_only_this_style():
         "kind",
         "max_tokens",
         "model",
+        "model_path",
         "name",
         "temperature",
         "top_p",
