@@ -127,7 +127,11 @@ def test_evaluate_scores_base_and_tuned(run):
         json.loads(line) for line in (project / "results/eval/generations.jsonl").read_text().splitlines()
     ]
     assert {r["model"] for r in rows} == {"base", "tuned"}
-    assert len(rows) == 2 * 33  # 33 inputs (27 held-out cells + Tianji's 6), one sample each
+    off_task = [r for r in rows if r.get("source") == "off_task"]
+    # 33 blessing inputs (27 held-out cells + Tianji's 6) and the off-task requests, one sample each
+    assert len(rows) - len(off_task) == 2 * 33
+    metrics = json.loads((project / "results/eval/metrics.json").read_text())
+    assert len(off_task) == 2 * metrics["settings"]["off_task_inputs"] >= 60
     assert "| held-out | length_band |" in (project / "results/eval/table.md").read_text()
 
 
