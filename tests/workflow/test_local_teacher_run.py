@@ -44,7 +44,8 @@ def second(default_run, tmp_path_factory):
 
 def snakemake(project):
     return run_cmd(
-        [str(BIN / "snakemake"), "--cores", "2", "--configfile", "local.yaml", "results/data/merged.json"],
+        # the target before --configfile, which takes every path after it
+        [str(BIN / "snakemake"), "results/data/merged.json", "--cores", "2", "--configfile", "local.yaml"],
         cwd=project,
         timeout=1800,
     )
