@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import BIN, copy_project, run_cmd
+from helpers import BIN, copy_project, run_cmd, workflow_cores
 
 # Groups that run a whole workflow, longest first: xdist hands groups out in the order of the items.
 HEAVY_GROUPS = ("default-run", "real-internlm2", "real-qwen2")
@@ -48,7 +48,9 @@ def default_run(tmp_path_factory) -> Path:
             )
     project = copy_project(tmp_path_factory.mktemp("default-run") / "project")
     result = run_cmd(
-        [str(BIN / "snakemake"), "--profile", "profiles/default", "--cores", "2"], cwd=project, timeout=1800
+        [str(BIN / "snakemake"), "--profile", "profiles/default", "--cores", workflow_cores()],
+        cwd=project,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-6000:]
     return project

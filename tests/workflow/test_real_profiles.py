@@ -12,7 +12,7 @@ import sys
 import urllib.request
 
 import pytest
-from helpers import BIN, TIANJI_SYSTEM, copy_project, greedy_answer, run_cmd
+from helpers import BIN, TIANJI_SYSTEM, copy_project, greedy_answer, run_cmd, workflow_cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -45,7 +45,7 @@ def run(request, tmp_path_factory):
             "--profile",
             "profiles/default",
             "--cores",
-            "2",
+            workflow_cores(),
             "--configfile",
             "overlay.yaml",
         ],
