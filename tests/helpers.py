@@ -132,3 +132,20 @@ def http_exchange(address, raw: bytes, read_timeout: float = 10) -> tuple[int, d
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def tiny_teacher(where: Path) -> Path:
+    """A tiny Qwen2 built from the dirty fixture's first turns (seed 1), to serve as a local teacher."""
+    import json
+
+    from zhufu.train.base_model import build_tiny_model
+
+    sample = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
+    rows = [
+        {"conversation": [{k: r["conversation"][0][k] for k in ("system", "input", "output")}]}
+        for r in sample
+    ]
+    where.mkdir(parents=True, exist_ok=True)
+    train = where / "train.json"
+    train.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return build_tiny_model(train, where / "model", seed=1)

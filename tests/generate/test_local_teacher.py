@@ -15,28 +15,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, run_cmd
+from helpers import ROOT, run_cmd, tiny_teacher
 
 from zhufu.errors import ProviderError
 from zhufu.generate.cache import AnswerCache
 from zhufu.generate.local import model_digest, running_local_teacher
 from zhufu.generate.providers import provider_identity
-from zhufu.train.base_model import build_tiny_model
 
 PY = sys.executable
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("local_teacher")
-    sample = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
-    rows = [
-        {"conversation": [{k: r["conversation"][0][k] for k in ("system", "input", "output")}]}
-        for r in sample
-    ]
-    train = tmp / "train.json"
-    train.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    return build_tiny_model(train, tmp / "model", seed=1)
+    return tiny_teacher(tmp_path_factory.mktemp("local_teacher"))
 
 
 def provider(model_dir, **kw) -> dict:

@@ -11,12 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from helpers import ROOT, TIANJI_SYSTEM, greedy_answer, http_exchange, run_cmd
+from helpers import ROOT, TIANJI_SYSTEM, greedy_answer, http_exchange, run_cmd, tiny_teacher
 
 from zhufu.errors import ModelError
 from zhufu.model.api import ModelAPIServer
 from zhufu.model.chat import load_chat_model
-from zhufu.train.base_model import build_tiny_model
 
 ASK = "祝姐姐生日快乐，小红书风格"
 TOKEN = "s3cret-token"
@@ -24,15 +23,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve_model")
-    sample = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
-    rows = [
-        {"conversation": [{k: r["conversation"][0][k] for k in ("system", "input", "output")}]}
-        for r in sample
-    ]
-    train = tmp / "train.json"
-    train.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    return build_tiny_model(train, tmp / "model", seed=1)
+    return tiny_teacher(tmp_path_factory.mktemp("serve_model"))
 
 
 @pytest.fixture(scope="module")

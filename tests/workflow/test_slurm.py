@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from faultserver import FaultServer
-from helpers import BIN, ROOT, copy_project
+from helpers import BIN, ROOT, copy_project, tiny_teacher
 
 # the first test also runs the workflow on SLURM (the module fixture), and locally unless another module did
 # (the session fixture default_run): up to 25 min
@@ -354,15 +354,8 @@ def test_a_local_teacher_generates_in_one_gpu_job_the_only_cache_writer(slurm_cl
     import json
 
     from zhufu.generate.cache import AnswerCache
-    from zhufu.train.base_model import build_tiny_model
 
-    sample = json.loads((ROOT / "tests/fixtures/dirty.json").read_text(encoding="utf-8"))
-    rows = [
-        {"conversation": [{k: r["conversation"][0][k] for k in ("system", "input", "output")}]}
-        for r in sample
-    ]
-    (tmp_path / "train.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    model = build_tiny_model(tmp_path / "train.json", tmp_path / "teacher", seed=1)
+    model = tiny_teacher(tmp_path / "teacher")
     project = copy_project(tmp_path / "project")
     overlay = {
         "rounds": 1,
