@@ -32,6 +32,8 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,19 @@ def _alive(pid: int) -> bool:
 OPEN_PATIENCE_S = 30
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, its lock taken at once (BEGIN IMMEDIATE): committed when the block ends,
+    a return included, and rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _locked(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
 
@@ -175,15 +190,10 @@ class AnswerCache:
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         """A cache made before the batch API: its ledger rows were all direct calls."""
-        conn.execute("BEGIN IMMEDIATE")  # one of the jobs opening the cache at once adds the column
-        try:
+        with _immediate(conn):  # one of the jobs opening the cache at once adds the column
             columns = {r[1] for r in conn.execute("PRAGMA table_info(spend)")}
             if "via" not in columns:
                 conn.execute("ALTER TABLE spend ADD COLUMN via TEXT NOT NULL DEFAULT 'direct'")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _connect(self, readonly: bool) -> sqlite3.Connection:
         if readonly:
@@ -227,15 +237,10 @@ class AnswerCache:
         payment in the spend ledger and the release of its budget hold, all or nothing."""
         if not text.strip():
             raise ValueError("refusing to cache an empty answer")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             self._insert_answer(key, request, text, prompt_tokens, completion_tokens, paid)
             if release is not None:
                 self.conn.execute("DELETE FROM holds WHERE id = ?", (release,))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def _insert_answer(
         self,
@@ -281,8 +286,7 @@ class AnswerCache:
     ) -> None:
         """Record a batch the provider has just created, with its cells (key, request, shard) and its
         worst-case cost, in one transaction; the budget hold `release` (taken before creating) moves to it."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             self.conn.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
@@ -302,10 +306,6 @@ class AnswerCache:
             )
             if release is not None:
                 self.conn.execute("DELETE FROM holds WHERE id = ?", (release,))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def open_batches(self, scope: tuple[str, str], keys: set[str] | None = None) -> list[dict]:
         """The open batches of `scope` (holding any of `keys`, when given), oldest first."""
@@ -358,11 +358,9 @@ class AnswerCache:
     ) -> bool:
         """Store a finished batch's answers (key, request, text, tokens in, tokens out, payment) and mark it
         collected, all in one transaction; False (nothing stored) when it was collected already."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             row = self.conn.execute("SELECT state FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is None or row[0] != OPEN:
-                self.conn.execute("COMMIT")
                 return False
             for key, request, text, pt, ct, paid in answers:
                 if text.strip():
@@ -371,11 +369,7 @@ class AnswerCache:
                 "UPDATE batches SET state = ?, status = ?, finished = ? WHERE id = ?",
                 (COLLECTED, status, time.time(), batch_id),
             )
-            self.conn.execute("COMMIT")
             return True
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def batch_table(self) -> list[dict]:
         rows = self.conn.execute(
@@ -395,21 +389,15 @@ class AnswerCache:
     def hold(self, scope: tuple[str, str], cost: float, budget: float) -> int | None:
         """Reserve `cost` of `budget` for one call; None if spent + held + cost would pass the budget."""
         provider, model = scope
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             self._drop_dead_holds()
             held = self.held(scope)
             if self.spent(provider, model) + held + cost > budget:
-                self.conn.execute("COMMIT")
                 return None
             cur = self.conn.execute(
                 "INSERT INTO holds (scope, pid, cost) VALUES (?, ?, ?)", (_scope(scope), os.getpid(), cost)
             )
-            self.conn.execute("COMMIT")
             return cur.lastrowid
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def held(self, scope: tuple[str, str]) -> float:
         """The worst case of the calls in flight and of the open batches, reserved against the budget."""
@@ -468,8 +456,7 @@ class AnswerCache:
         """
         key = _scope(scope)
         now = time.time()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self.conn):
             self.conn.execute("DELETE FROM sends WHERE t <= ?", (now - window,))
             for (pid,) in self.conn.execute("SELECT DISTINCT pid FROM sends WHERE t > ?", (now,)).fetchall():
                 if not _alive(pid):  # in flight in a process that died: it ended at the latest now
@@ -494,10 +481,6 @@ class AnswerCache:
                     "INSERT INTO sends (scope, t, tokens, pid) VALUES (?, ?, ?, ?)",
                     (key, IN_FLIGHT, tokens, os.getpid()),
                 ).lastrowid
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         if slot is not None:
             return 0.0, slot
         last = max(leave)

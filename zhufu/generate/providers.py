@@ -319,12 +319,18 @@ def make_provider(
     provider: dict, api_key: str, base_url: str | None = None
 ) -> OpenAIProvider | ZhipuProvider:
     """A provider client for `provider` (config's provider section); base_url overrides the config's."""
+    return _client_of(provider, api_key, base_url, ZhipuProvider, OpenAIProvider)
+
+
+def _client_of(provider: dict, api_key: str, base_url: str | None, zhipu: type, openai_compatible: type):
+    """`zhipu` for kind zhipuai (its SDK has its own default endpoint), else `openai_compatible` at the
+    given or the config's base_url, which it needs."""
     url = base_url or provider.get("base_url")
     if provider["kind"] == "zhipuai":
-        return ZhipuProvider(provider, api_key, url)
+        return zhipu(provider, api_key, url)
     if not url:
         raise ProviderError(f"provider.base_url is required for kind '{provider['kind']}'")
-    return OpenAIProvider(provider, api_key, url)
+    return openai_compatible(provider, api_key, url)
 
 
 # ---------------------------------------------------------------------------------------------- batch APIs
@@ -472,9 +478,4 @@ class ZhipuBatches(_Batches):
 
 def make_batches(provider: dict, api_key: str, base_url: str | None = None) -> OpenAIBatches | ZhipuBatches:
     """The batch API client of `provider`; base_url overrides the config's."""
-    url = base_url or provider.get("base_url")
-    if provider["kind"] == "zhipuai":
-        return ZhipuBatches(provider, api_key, url)
-    if not url:
-        raise ProviderError(f"provider.base_url is required for kind '{provider['kind']}'")
-    return OpenAIBatches(provider, api_key, url)
+    return _client_of(provider, api_key, base_url, ZhipuBatches, OpenAIBatches)
