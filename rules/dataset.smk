@@ -76,6 +76,9 @@ rule clean:
         "benchmarks/clean.tsv"
     conda:
         "../envs/data.yaml"
+    # the record rules and near-dedup's verification use this many processes past 50k and 10k records
+    # (capped by --cores; a SLURM job's --cpus-per-task); below that, one
+    threads: 4
     params:
         # the rules, styles, system prompt, and the card's provenance (the data config's hash)
         view=clean_view(config),

@@ -16,4 +16,5 @@ with rule_step(snakemake, "clean"):
         decisions=snakemake.input.decisions or None,
         mix=snakemake.params.view["mix"],
         seed=snakemake.params.view["seed"],
+        workers=snakemake.threads,
     )

@@ -4,6 +4,7 @@ use it (jsonschema, json.loads, brute force, json.dumps, the per-character defin
 
 import copy
 import json
+import os
 import random
 from unittest import mock
 
@@ -15,7 +16,8 @@ from helpers import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zhufu.data.dedup import _NOT_KEY, lsh_bands, near_duplicates, normalise, shared_buckets
+from zhufu.data import dedup
+from zhufu.data.dedup import _NOT_KEY, lsh_bands, near_duplicates, normalise, shared_buckets, split_components
 from zhufu.data.records import read_records, record_check, validate_records
 from zhufu.errors import DataError
 from zhufu.io import dump_indented, write_json
@@ -55,8 +57,9 @@ def mutated_records(draw):
         if action == "delete" and isinstance(parent, dict):
             del parent[where[-1]]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["extra", "rule_set", "usage", "id"]))] = draw(
-                st.sampled_from(ODD_VALUES)
+            # a copy: a later step may edit inside it, and ODD_VALUES must stay as it is for the next example
+            parent[draw(st.sampled_from(["extra", "rule_set", "usage", "id"]))] = copy.deepcopy(
+                draw(st.sampled_from(ODD_VALUES))
             )
         else:
             parent[where[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
@@ -270,3 +273,61 @@ def test_shared_buckets_number_only_the_band_keys_two_rows_share():
     assert shared_buckets(keys).tolist() == [[0, 1], [0, -1], [-1, 1], [-1, 1]]
     keys = np.array([[5, 5], [5, 5], [1, 2]], dtype=np.uint64)  # the same key in two bands: two buckets
     assert shared_buckets(keys).tolist() == [[0, 1], [0, 1], [-1, -1]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(near_alike_texts(), st.integers(1, 3), st.integers(1, 3), st.integers(2, 4))
+def test_near_dedup_in_worker_processes_finds_what_one_process_finds(texts, bucket_cap, verify_cap, workers):
+    """The verification split across forked workers by connected components gives the single-process
+    result exactly (the caps reached or not), down to the twin each duplicate names and its Jaccard."""
+    one = near_duplicates(texts, 3, 0.8, 64, bucket_cap=bucket_cap, verify_cap=verify_cap)
+    with mock.patch("zhufu.data.dedup.PARALLEL_MIN_ROWS", 0):
+        split = near_duplicates(
+            texts, 3, 0.8, 64, bucket_cap=bucket_cap, verify_cap=verify_cap, workers=workers
+        )
+    assert list(split.items()) == list(one.items())
+
+
+def test_near_dedup_verifies_in_as_many_processes_as_it_is_given(tmp_path):
+    """Many unrelated groups of near-alike texts: split_components makes two bins, and the two are verified
+    in two other processes (each one's pid written by the part it ran), not in this one."""
+    rng = random.Random(7)
+    texts = []
+    for _ in range(40):
+        base = [chr(0x4E00 + rng.randrange(3000)) for _ in range(30)]
+        for _ in range(5):
+            t = list(base)
+            t.insert(rng.randint(0, len(t)), chr(0x4E00 + rng.randrange(3000)))
+            texts.append("".join(t))
+    rng.shuffle(texts)
+    pids = tmp_path / "pids"
+    run = dedup._VerifyJob.run
+
+    def recording(self, rows):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return run(self, rows)
+
+    with (
+        mock.patch("zhufu.data.dedup.PARALLEL_MIN_ROWS", 0),
+        mock.patch.object(dedup._VerifyJob, "run", recording),
+    ):
+        split = near_duplicates(texts, 3, 0.8, 64, workers=2)
+    seen = pids.read_text().split()
+    assert len(set(seen)) == 2 and str(os.getpid()) not in seen
+    assert split == near_duplicates(texts, 3, 0.8, 64) and len(split) >= 40
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(-1, 12), min_size=3, max_size=3), max_size=40), st.integers(1, 4))
+def test_components_keep_the_rows_that_share_a_bucket_together(rows, parts):
+    groups = np.array(rows, dtype=np.int64).reshape(-1, 3)
+    bins = split_components(groups, parts)
+    bin_of = {int(i): b for b, part in enumerate(bins) for i in part}
+    linked = [i for i, r in enumerate(rows) if any(g >= 0 for g in r)]
+    assert sorted(bin_of) == linked and len(bin_of) == sum(len(p) for p in bins)  # each linked row once
+    assert all(list(p) == sorted(p) for p in bins) and len(bins) <= parts and all(len(p) for p in bins)
+    for i in linked:
+        for j in linked:
+            if set(rows[i]) & set(rows[j]) - {-1}:
+                assert bin_of[i] == bin_of[j], (i, j)

@@ -6,6 +6,7 @@ dropped and modified record with per-rule counts, and (zhufu.data.card) the data
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ def clean_records(
     changes = Changes()
     by_set = rules_by_set(rules, _record_rule_sets(records))
     survivors = surviving_records(records, rules, styles, system_prompt, matrix, workers, changes, decisions)
-    gone = drop_duplicates(survivors, rules, changes, by_set)
+    gone = drop_duplicates(survivors, rules, changes, by_set, workers)
     kept = [r for i, r in enumerate(survivors) if i not in gone]
     order = {r["id"]: n for n, r in enumerate(records)}
     changes.dropped.sort(key=lambda d: order[d["id"]])
@@ -163,10 +164,15 @@ def surviving_records(
 
 
 def drop_duplicates(
-    survivors: list[dict], rules: dict, changes: Changes, by_set: dict | None = None
+    survivors: list[dict],
+    rules: dict,
+    changes: Changes,
+    by_set: dict | None = None,
+    workers: int | None = None,
 ) -> set[int]:
     """Indexes of the survivors that the set rules (exact_dedup, then near_dedup) drop. A record whose rule
-    set turns a set rule off takes no part in it."""
+    set turns a set rule off takes no part in it. `workers`: processes for near-dedup's verification
+    (None: the CPUs this process may use, up to 8)."""
     by_set = by_set or {None: rules}
 
     def rules_of(record: dict) -> dict:
@@ -195,6 +201,7 @@ def drop_duplicates(
             nd["seed"],
             nd["recall"],
             nd["recall_margin"],
+            workers=min(len(os.sched_getaffinity(0)), 8) if workers is None else workers,
         )
         for a, (b, jac) in found.items():
             i, j = rest[a], rest[b]
@@ -313,10 +320,12 @@ def clean(
     decisions: str | Path | None = None,
     mix: list[dict] | None = None,
     seed: int = 0,
+    workers: int | None = None,
 ) -> dict:
     """merged.json -> train.json + clean_report.json (+ the dataset card when `card` is given); `decisions`
     is the review decisions file (zhufu.data.decisions), applied after the rules; `mix` the entries of
-    data.mix (general rows drawn with `seed` and appended)."""
+    data.mix (general rows drawn with `seed` and appended); `workers` the processes the record rules and
+    near-dedup may use on large inputs (None: the CPUs this process may use, up to 8)."""
     records = read_records(merged)
     matrix = load_suitability(suitability) if suitability and rules["suitability"]["enabled"] else None
     kept, report = clean_records(
@@ -325,6 +334,7 @@ def clean(
         styles,
         system_prompt,
         matrix,
+        workers,
         decisions=load_decisions(decisions) if decisions else None,
     )
     mixed, mix_reports = mix_general(mix or [], len(kept), rules, styles, system_prompt, seed)
@@ -360,6 +370,11 @@ def add_clean_arguments(parser) -> None:
     parser.add_argument(
         "--decisions", help="review decisions to apply (default: the config's review.decisions)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes for the record rules and near-dedup on large inputs (default: the usable CPUs, up to 8)",
+    )
 
 
 def run_clean(args) -> int:
@@ -377,6 +392,7 @@ def run_clean(args) -> int:
         decisions=args.decisions or config["review"]["decisions"],
         mix=config["data"]["mix"],
         seed=config["seed"],
+        workers=args.workers,
     )
     print(
         f"{args.output}: {report['rows_out']} of {report['rows_in']} records kept, {report['rows_mixed']} general "

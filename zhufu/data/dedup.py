@@ -7,8 +7,11 @@ the candidates of a row are capped, so the work grows with the rows, not with ro
 
 from __future__ import annotations
 
+import heapq
+import multiprocessing
 import re
 import unicodedata
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -138,6 +141,7 @@ def near_duplicates(
     recall_margin: float = 0.03,
     bucket_cap: int = 64,
     verify_cap: int = 32,
+    workers: int = 1,
     chunk_rows: int = 1 << 16,
     cache_rows: int = 1 << 16,
 ) -> dict[int, tuple[int, float]]:
@@ -155,47 +159,132 @@ def near_duplicates(
     the stage quadratic), and of more than `verify_cap` candidates only the `verify_cap` whose signatures
     agree most with the row's (all compared at once in numpy) are verified exactly. Below the caps this is
     the full comparison with every LSH candidate.
+
+    With `workers` > 1 the verification runs in that many forked processes, each over whole connected
+    components of the row-bucket graph (components): a row's candidates all share a bucket with it, so
+    rows of different components never meet, and each component seen in row order gives exactly the
+    single-process result.
     """
     signatures = minhash_signatures((shingles(k, ngram) for k in keys), num_perm, seed)
     bands, rows = lsh_bands(threshold, num_perm, recall, recall_margin)
     groups = shared_buckets(band_keys(signatures, bands, rows))
-    # bucket id -> the kept rows in it (at most bucket_cap); a list per bucket that two or more rows share
-    index: list[list[int]] = [[] for _ in range(int(groups.max(initial=-1)) + 1)]
-    # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
-    # cache holds the texts that keep turning up as candidates
-    grams = lru_cache(maxsize=cache_rows)(lambda j: _grams(keys[j], ngram))
-    dups: dict[int, tuple[int, float]] = {}
-    for lo in range(0, len(keys), chunk_rows):
-        for i, row_keys in enumerate(groups[lo : lo + chunk_rows].tolist(), start=lo):
-            row_keys = [g for g in row_keys if g >= 0]
-            if not row_keys:  # no band shared with any other row: no candidate now, none for a later row
-                continue
-            candidates: set[int] = set()
-            for g in row_keys:
-                candidates.update(index[g])
-            best: tuple[int, float] | None = None
-            if candidates:
-                if len(candidates) > verify_cap:
-                    # the ones whose MinHash signatures agree most with this row's (C-level, all at once)
-                    among = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
-                    agree = np.count_nonzero(signatures[among] == signatures[i], axis=1)
-                    candidates = among[np.argsort(-agree, kind="stable")[:verify_cap]].tolist()
-                mine = _grams(keys[i], ngram)
-                size = len(mine)
-                for j in sorted(candidates):
-                    theirs = grams(j)
-                    common = len(mine & theirs)
-                    jac = common / (size + len(theirs) - common)
-                    if jac >= threshold and (best is None or jac > best[1]):
-                        best = (j, jac)
-            if best is not None:
-                dups[i] = best
+    job = _VerifyJob(
+        keys, signatures, groups, ngram, threshold, bucket_cap, verify_cap, chunk_rows, cache_rows
+    )
+    parts = split_components(groups, workers) if workers > 1 and len(keys) >= PARALLEL_MIN_ROWS else []
+    if len(parts) < 2:
+        return job.run(None)
+    global _JOB
+    _JOB = job  # what the forked workers read (copy-on-write), never pickled
+    try:
+        with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork")) as pool:
+            found = list(pool.map(_run_part, parts))
+    finally:
+        _JOB = None
+    return dict(sorted(item for part in found for item in part.items()))
+
+
+# Fewer rows than this are verified in the calling process: forking and collecting cost more than they save.
+PARALLEL_MIN_ROWS = 10_000
+_JOB = None
+
+
+def _run_part(rows):
+    return _JOB.run(rows)
+
+
+class _VerifyJob:
+    """The sequential verification of near_duplicates over all rows, or over some rows in their order."""
+
+    def __init__(
+        self, keys, signatures, groups, ngram, threshold, bucket_cap, verify_cap, chunk_rows, cache_rows
+    ):
+        self.keys, self.signatures, self.groups = keys, signatures, groups
+        self.ngram, self.threshold = ngram, threshold
+        self.bucket_cap, self.verify_cap = bucket_cap, verify_cap
+        self.chunk_rows, self.cache_rows = chunk_rows, cache_rows
+
+    def run(self, rows) -> dict[int, tuple[int, float]]:
+        """Near-duplicates among `rows` (ascending indexes; None: all rows)."""
+        keys, signatures, groups, ngram = self.keys, self.signatures, self.groups, self.ngram
+        threshold, bucket_cap, verify_cap = self.threshold, self.bucket_cap, self.verify_cap
+        # bucket id -> the kept rows in it (at most bucket_cap), for the buckets that two or more rows share
+        index: dict[int, list[int]] = {}
+        # n-gram sets are rebuilt when needed rather than all kept (at 1M rows they would cost gigabytes); the
+        # cache holds the texts that keep turning up as candidates
+        grams = lru_cache(maxsize=self.cache_rows)(lambda j: _grams(keys[j], ngram))
+        dups: dict[int, tuple[int, float]] = {}
+        total = len(keys) if rows is None else len(rows)
+        for lo in range(0, total, self.chunk_rows):
+            if rows is None:
+                ids = range(lo, min(lo + self.chunk_rows, total))
+                block = groups[lo : lo + self.chunk_rows].tolist()
             else:
+                ids = rows[lo : lo + self.chunk_rows].tolist()
+                block = groups[ids].tolist()
+            for i, row_keys in zip(ids, block, strict=True):
+                row_keys = [g for g in row_keys if g >= 0]
+                if not row_keys:  # no band shared with any other row: no candidate now, none for a later row
+                    continue
+                candidates: set[int] = set()
                 for g in row_keys:
-                    hit = index[g]
-                    if len(hit) < bucket_cap:
-                        hit.append(i)
-    return dups
+                    hit = index.get(g)
+                    if hit:
+                        candidates.update(hit)
+                best: tuple[int, float] | None = None
+                if candidates:
+                    if len(candidates) > verify_cap:
+                        # the ones whose MinHash signatures agree most with this row's (C-level, all at once)
+                        among = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
+                        agree = np.count_nonzero(signatures[among] == signatures[i], axis=1)
+                        candidates = among[np.argsort(-agree, kind="stable")[:verify_cap]].tolist()
+                    mine = _grams(keys[i], ngram)
+                    size = len(mine)
+                    for j in sorted(candidates):
+                        theirs = grams(j)
+                        common = len(mine & theirs)
+                        jac = common / (size + len(theirs) - common)
+                        if jac >= threshold and (best is None or jac > best[1]):
+                            best = (j, jac)
+                if best is not None:
+                    dups[i] = best
+                else:
+                    for g in row_keys:
+                        hit = index.setdefault(g, [])
+                        if len(hit) < bucket_cap:
+                            hit.append(i)
+        return dups
+
+
+def split_components(groups, parts: int) -> list:
+    """The rows (ascending index arrays) in at most `parts` bins of whole connected components of the graph in
+    which two rows are joined when they share a bucket (groups from shared_buckets), the bins as even in
+    rows as the components allow (largest first, each to the emptiest bin). Empty bins are left out."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(groups)
+    row, band = np.nonzero(groups >= 0)
+    if not len(row):
+        return []
+    buckets = int(groups.max()) + 1
+    graph = csr_matrix(
+        (np.ones(len(row), dtype=np.int8), (row, n + groups[row, band])), shape=(n + buckets, n + buckets)
+    )
+    _, label = connected_components(graph, directed=False)
+    label = label[:n]
+    linked = np.unique(row)  # rows with no shared bucket have no candidates: they need no bin
+    sizes = np.bincount(label[linked])
+    load = [(0, b) for b in range(parts)]  # (rows, bin): a heap, the emptiest bin on top
+    bin_of = np.zeros(len(sizes), dtype=np.int64)
+    for c in np.argsort(-sizes, kind="stable").tolist():
+        if not sizes[c]:
+            break
+        rows_in, b = heapq.heappop(load)
+        bin_of[c] = b
+        heapq.heappush(load, (rows_in + int(sizes[c]), b))
+    where = bin_of[label[linked]]
+    return [part for part in (linked[where == b] for b in range(parts)) if len(part)]
 
 
 def shared_buckets(keys):
