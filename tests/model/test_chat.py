@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import BIN, greedy_answer, run_cmd
 
-from zhufu.model.chat import build_prompt
+from zhufu.model.chat import build_prompt, load_chat_model, replies, reply
 from zhufu.tianji import TIANJI_SYSTEM
 from zhufu.train.base_model import build_tiny_model
 
@@ -72,3 +72,23 @@ def test_missing_model_is_one_clear_line(tmp_path):
 def test_adapter_without_adapter_config_is_named(model, tmp_path):
     result = run_cmd([ZHUFU, "chat", str(model), "x", "--adapter", str(tmp_path)], cwd=tmp_path, timeout=120)
     assert result.returncode == 1 and "has no adapter_config.json" in result.stderr
+
+
+REQUESTS = ["祝姐姐生日快乐", "祝领导春节快乐，严肃风格", "你好", "祝妹妹谈判顺利，小红书风格呀呀呀"]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_batched_replies_are_the_one_at_a_time_replies(model, temperature):
+    """replies() pads a batch on the left and samples each row from its own seeded generator: what reply()
+    answers each request with its seed, in a batch of one and of four (prompts of different lengths)."""
+    chat = load_chat_model(model)
+    side = chat.tokenizer.padding_side
+    texts = REQUESTS * 2
+    seeds = [11 * k for k in range(len(texts))]
+    kw = dict(system=TIANJI_SYSTEM, max_new_tokens=24, temperature=temperature)
+    one = [reply(chat, t, seed=s, **kw) for t, s in zip(texts, seeds, strict=True)]
+    assert replies(chat, texts, seeds=seeds, batch_size=1, **kw) == one
+    assert replies(chat, texts, seeds=seeds, batch_size=4, **kw) == one
+    if temperature:  # the seeds matter: the same request with other seeds gets other answers
+        assert len(set(replies(chat, [texts[0]] * 4, seeds=[1, 2, 3, 4], batch_size=4, **kw))) > 1
+    assert chat.tokenizer.padding_side == side  # the tokenizer is left as it was for reply() and chat

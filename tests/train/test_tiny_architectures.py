@@ -151,3 +151,16 @@ def test_internlm2_of_another_shape_pads_its_vocabulary(tmp_path):
     out = build_internlm2(texts, tmp_path / "m", shape)
     config = AutoConfig.from_pretrained(out, trust_remote_code=True)
     assert (config.vocab_size, config.hidden_size, config.model_type) == (4096, 32, "internlm2")
+
+
+def test_internlm2_answers_a_left_padded_batch_as_it_answers_each_request(internlm2):
+    """The evaluation asks in batches (zhufu.model.chat.replies): InternLM2's own code must take the
+    left padding's attention mask and positions, so each row gets its one-at-a-time answer."""
+    from zhufu.model.chat import load_chat_model, replies, reply
+
+    chat = load_chat_model(internlm2[1])
+    texts = ["祝姐姐生日快乐", "祝领导春节快乐，严肃风格，要长一些", "你好"]
+    for temperature in (0.0, 0.7):
+        kw = dict(system="你是祝福大师", max_new_tokens=16, temperature=temperature)
+        one = [reply(chat, t, seed=k, **kw) for k, t in enumerate(texts)]
+        assert replies(chat, texts, seeds=[0, 1, 2], batch_size=3, **kw) == one

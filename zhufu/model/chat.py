@@ -133,6 +133,90 @@ def reply(
     return answer.strip()
 
 
+def replies(
+    chat: ChatModel,
+    texts: list[str],
+    *,
+    seeds: list[int],
+    system: str = TIANJI_SYSTEM,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    batch_size: int = 16,
+) -> list[str]:
+    """`reply` to each of `texts` (each with its own seed), `batch_size` requests to one generate call.
+
+    The prompts are padded on the left and decoded together, so a model answers many requests in about
+    the time of one (the evaluation's 276 answers of the tiny model: 56 s one at a time). Sampling stays
+    seeded per answer: each row draws its tokens from its own generator, seeded with its seed, through the
+    warpers `reply` samples with (temperature, top_k, top_p 0.9), so a batch of one gives `reply`'s answer
+    token for token; in a larger batch the padded rows' logits can differ from it in the last float bits.
+    Greedy at temperature 0.
+    """
+    import torch
+
+    if len(seeds) != len(texts):
+        raise ValueError(f"replies: {len(texts)} texts but {len(seeds)} seeds")
+    tok = chat.tokenizer
+    messages = [{"role": "system", "content": system}] if system else []
+    prompts = [build_prompt(tok, [*messages, {"role": "user", "content": t}]) for t in texts]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else chat.stop_ids[0]
+    side, pad = tok.padding_side, tok.pad_token
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.convert_ids_to_tokens(pad_id)
+    answers: list[str] = []
+    try:
+        for lo in range(0, len(prompts), batch_size):
+            batch = tok(
+                prompts[lo : lo + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(chat.device)
+            processors = []
+            if temperature > 0:
+                processors = [_RowSampler(chat, seeds[lo : lo + batch_size], temperature)]
+            with torch.no_grad():
+                out = chat.model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=chat.stop_ids,
+                    pad_token_id=pad_id,
+                    do_sample=False,  # the row samplers have chosen each token already: greedy takes it
+                    logits_processor=processors,
+                )
+            new = out[:, batch["input_ids"].shape[1] :]
+            answers += [a.strip() for a in tok.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tok.padding_side, tok.pad_token = side, pad
+    return answers
+
+
+def _RowSampler(chat: ChatModel, seeds: list[int], temperature: float):
+    """A logits processor that samples each row's next token with its own torch.Generator (seeded with the
+    row's seed) and leaves only that token possible, so that greedy decoding takes it."""
+    import torch
+    from transformers import LogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    top_k = getattr(chat.model.generation_config, "top_k", None)
+    warpers = [TemperatureLogitsWarper(temperature)]
+    warpers += [TopKLogitsWarper(top_k)] if top_k else []
+    warpers += [TopPLogitsWarper(0.9)]
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator(chat.device).manual_seed(s) for s in seeds]
+
+        def __call__(self, input_ids, scores):
+            for warp in warpers:
+                scores = warp(input_ids, scores)
+            probs = torch.softmax(scores, dim=-1)
+            picks = torch.cat(
+                [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)]
+            )
+            only = torch.full_like(scores, float("-inf"))
+            return only.scatter_(1, picks[:, None], 0.0)
+
+    return RowSampler()
+
+
 def reply_stream(
     chat: ChatModel,
     text: str,
