@@ -6,7 +6,6 @@ dropped and modified record with per-rule counts, and (zhufu.data.card) the data
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from zhufu.data.dedup import exact_duplicates, near_duplicates, normalise
 from zhufu.data.mix import draw, source_records, wanted
 from zhufu.data.records import read_records
 from zhufu.data.rules import ALL_RULES, rewritten_input, rules_by_set
-from zhufu.data.verdicts import iter_record_verdicts
+from zhufu.data.verdicts import iter_record_verdicts, usable_cpus
 from zhufu.grid import load_suitability
 from zhufu.io import write_json
 from zhufu.text import count_chars
@@ -201,7 +200,7 @@ def drop_duplicates(
             nd["seed"],
             nd["recall"],
             nd["recall_margin"],
-            workers=min(len(os.sched_getaffinity(0)), 8) if workers is None else workers,
+            workers=usable_cpus() if workers is None else workers,
         )
         for a, (b, jac) in found.items():
             i, j = rest[a], rest[b]

@@ -214,15 +214,10 @@ class _VerifyJob:
         # cache holds the texts that keep turning up as candidates
         grams = lru_cache(maxsize=self.cache_rows)(lambda j: _grams(keys[j], ngram))
         dups: dict[int, tuple[int, float]] = {}
-        total = len(keys) if rows is None else len(rows)
-        for lo in range(0, total, self.chunk_rows):
-            if rows is None:
-                ids = range(lo, min(lo + self.chunk_rows, total))
-                block = groups[lo : lo + self.chunk_rows].tolist()
-            else:
-                ids = rows[lo : lo + self.chunk_rows].tolist()
-                block = groups[ids].tolist()
-            for i, row_keys in zip(ids, block, strict=True):
+        rows = np.arange(len(keys)) if rows is None else rows
+        for lo in range(0, len(rows), self.chunk_rows):
+            ids = rows[lo : lo + self.chunk_rows].tolist()
+            for i, row_keys in zip(ids, groups[ids].tolist(), strict=True):
                 row_keys = [g for g in row_keys if g >= 0]
                 if not row_keys:  # no band shared with any other row: no candidate now, none for a later row
                     continue

@@ -100,6 +100,11 @@ def _verdicts_chunk(items: list[tuple[str, dict]]) -> list[tuple | None]:
     return out
 
 
+def usable_cpus() -> int:
+    """The worker processes the clean stage uses by default: the CPUs this process may run on, up to 8."""
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
 def record_verdicts(
     items: list[tuple[str, dict]],
     rules_cfg: dict,
@@ -122,7 +127,7 @@ def iter_record_verdicts(
     """record_verdicts one at a time, each Verdict made when it is asked for (a million of them held at
     once took a few hundred megabytes)."""
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), 8) if len(items) >= 50_000 else 1
+        workers = usable_cpus() if len(items) >= 50_000 else 1
     if workers <= 1:
         ctx = RuleContext(styles=styles, matrix=matrix)
         by_set = rules_by_set(rules_cfg)

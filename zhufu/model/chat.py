@@ -74,6 +74,16 @@ def build_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return text + "<|im_start|>assistant\n"
 
 
+# nucleus sampling's top_p, whenever an answer is sampled (reply, replies)
+TOP_P = 0.9
+
+
+def request_prompt(tokenizer, text: str, *, system: str, history: list[dict[str, str]] | None = None) -> str:
+    """The prompt of one request: the system turn (when there is one), the history, the user's text."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return build_prompt(tokenizer, messages + list(history or []) + [{"role": "user", "content": text}])
+
+
 def _generate_kwargs(
     chat: ChatModel,
     text: str,
@@ -87,13 +97,11 @@ def _generate_kwargs(
     """The arguments of model.generate for one answer: greedy at temperature 0, else seeded sampling."""
     import torch  # heavy: only the commands that generate load it
 
-    messages = [{"role": "system", "content": system}] if system else []
-    messages += list(history or []) + [{"role": "user", "content": text}]
-    prompt = build_prompt(chat.tokenizer, messages)
+    prompt = request_prompt(chat.tokenizer, text, system=system, history=history)
     ids = chat.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(chat.device)
     if temperature > 0:
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.9}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": TOP_P}
     else:
         sampling = {"do_sample": False}
     return dict(
@@ -148,7 +156,7 @@ def replies(
     The prompts are padded on the left and decoded together, so a model answers many requests in about
     the time of one (the evaluation's 276 answers of the tiny model: 56 s one at a time). Sampling stays
     seeded per answer: each row draws its tokens from its own generator, seeded with its seed, through the
-    warpers `reply` samples with (temperature, top_k, top_p 0.9), so a batch of one gives `reply`'s answer
+    warpers `reply` samples with (temperature, top_k, TOP_P), so a batch of one gives `reply`'s answer
     token for token; in a larger batch the padded rows' logits can differ from it in the last float bits.
     Greedy at temperature 0.
     """
@@ -157,8 +165,7 @@ def replies(
     if len(seeds) != len(texts):
         raise ValueError(f"replies: {len(texts)} texts but {len(seeds)} seeds")
     tok = chat.tokenizer
-    messages = [{"role": "system", "content": system}] if system else []
-    prompts = [build_prompt(tok, [*messages, {"role": "user", "content": t}]) for t in texts]
+    prompts = [request_prompt(tok, t, system=system) for t in texts]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else chat.stop_ids[0]
     side, pad = tok.padding_side, tok.pad_token
     tok.padding_side = "left"
@@ -172,7 +179,7 @@ def replies(
             ).to(chat.device)
             processors = []
             if temperature > 0:
-                processors = [_RowSampler(chat, seeds[lo : lo + batch_size], temperature)]
+                processors = [_row_sampler(chat, seeds[lo : lo + batch_size], temperature)]
             with torch.no_grad():
                 out = chat.model.generate(
                     **batch,
@@ -189,7 +196,7 @@ def replies(
     return answers
 
 
-def _RowSampler(chat: ChatModel, seeds: list[int], temperature: float):
+def _row_sampler(chat: ChatModel, seeds: list[int], temperature: float):
     """A logits processor that samples each row's next token with its own torch.Generator (seeded with the
     row's seed) and leaves only that token possible, so that greedy decoding takes it."""
     import torch
@@ -198,7 +205,7 @@ def _RowSampler(chat: ChatModel, seeds: list[int], temperature: float):
     top_k = getattr(chat.model.generation_config, "top_k", None)
     warpers = [TemperatureLogitsWarper(temperature)]
     warpers += [TopKLogitsWarper(top_k)] if top_k else []
-    warpers += [TopPLogitsWarper(0.9)]
+    warpers += [TopPLogitsWarper(TOP_P)]
 
     class RowSampler(LogitsProcessor):
         def __init__(self):
