@@ -1,10 +1,12 @@
 """Fixtures shared by the test modules. Shared helpers live in helpers.py; this file is never imported.
 
 `make test` runs the suite on two pytest-xdist workers. A work unit (all its tests on one worker) is a
-module by default, so a module fixture is built once, or the group GROUPS names: `default-run` for the four
+module by default, so a module fixture is built once, or the group GROUPS names: `default-run` for the three
 modules that read the one finished default workflow (`default_run`, built once per worker that needs it, so
 once), `real-<arch>` for each real profile's tests. The units that run a workflow are handed out first
-(HEAVY_GROUPS order), so the two workers finish together.
+(HEAVY_GROUPS order, longest first), so the two workers finish together. The SLURM module runs its own
+workflow (data stages locally, the rest on the cluster) rather than waiting for `default_run`: tied to it,
+the `default-run` unit was half of `make test` on one worker.
 
 The grouping is this file's scheduler, not xdist's `xdist_group` marks: with pytest 9.2, xdist 3.8's
 `--dist loadgroup` leaves the node ids unsuffixed (it sets `item._nodeid`, which pytest no longer reads), so
@@ -18,7 +20,7 @@ import pytest
 from helpers import BIN, copy_project, run_cmd, workflow_cores
 
 # Groups that run a whole workflow, longest first: xdist hands groups out in the order of the items.
-HEAVY_GROUPS = ("default-run", "real-internlm2", "real-qwen2")
+HEAVY_GROUPS = ("default-run", "tests/workflow/test_slurm.py", "real-internlm2", "real-qwen2")
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def project(tmp_path) -> Path:
 def default_run(tmp_path_factory) -> Path:
     """The embedded default workflow (what `make run` runs), run once in a copy of the project.
 
-    Shared by tests/workflow/test_workflow.py, test_reruns.py, test_slurm.py and test_local_teacher_run.py: a test that changes
+    Shared by tests/workflow/test_workflow.py, test_reruns.py and test_local_teacher_run.py: a test that changes
     anything works on a copy of it (shutil.copytree with copy2 keeps the mtimes Snakemake plans by).
     """
     # Under xdist the workers' base temps share a parent: a second worker here means the grouping broke
@@ -60,7 +62,6 @@ def default_run(tmp_path_factory) -> Path:
 GROUPS = {
     "tests/workflow/test_workflow.py": "default-run",
     "tests/workflow/test_reruns.py": "default-run",
-    "tests/workflow/test_slurm.py": "default-run",
     "tests/workflow/test_local_teacher_run.py": "default-run",  # its teacher is the default run's model
     "tests/workflow/test_real_profiles.py": "real-{param}",
 }

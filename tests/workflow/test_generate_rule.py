@@ -1,4 +1,7 @@
-"""The generate rule under real Snakemake with the offline teacher: shards, logs, and a rerun from the cache."""
+"""The generate rule under real Snakemake with the offline teacher: shards, logs, and a rerun from the cache.
+
+Two rounds of the default grid (3 styles × 2 rounds = 6 shard jobs, 204 cells), not its six: each shard job is a
+process of its own, and what is checked here does not change with their number."""
 
 from __future__ import annotations
 
@@ -8,15 +11,19 @@ import sqlite3
 import pytest
 from helpers import run_cmd
 
+ROUNDS = 2
+CELLS = 34 * 3 * ROUNDS  # the default grid's 34 generated recipient × scene pairs, × 3 styles, per round
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # two snakemake runs of up to 600 s each
 def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(project):
-    smk = ["snakemake", "--workflow-profile", "none", "--cores", "2", "shards"]
+    (project / "rounds.yaml").write_text(f"rounds: {ROUNDS}\n", encoding="utf-8")
+    smk = ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", "rounds.yaml"]
     first = run_cmd(smk, project, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sorted(project.glob("results/raw/*/round_*.json"))
-    assert len(shards) == 3 * 6  # the default config: 3 styles × 6 rounds
+    assert len(shards) == 3 * ROUNDS
     before = {p.relative_to(project): p.read_bytes() for p in shards}
     cache = project / ".zhufu-cache" / "llm.sqlite"
     rows = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM answers").fetchone()[0]
@@ -27,7 +34,7 @@ def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(pr
         p.relative_to(project): p.read_bytes() for p in project.glob("results/raw/*/round_*.json")
     } == before
     assert sqlite3.connect(cache).execute("SELECT COUNT(*) FROM answers").fetchone()[0] == rows
-    # every shard's log (the loop runs 18 times: asserted above) ends with the rerun's summary
+    # every shard's log (the loop runs 6 times: asserted above) ends with the rerun's summary
     for shard in shards:
         log = project / "logs/generate" / shard.relative_to(project / "results/raw").with_suffix(".log")
         assert log.is_file(), f"no log where the generate rule writes it: {log}"
@@ -37,41 +44,41 @@ def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(pr
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_snakemake_with_provider_batch_writes_the_direct_shards_from_one_batch_per_shard(project):
-    """The default grid with provider.batch: one batch per shard job (threads 0: a poller holds no core),
+    """The default grid (two rounds) with provider.batch: one batch per shard job (threads 0: a poller holds no core),
     no chat completion, the same shards as direct calls; `snakemake -n` afterwards plans nothing."""
     import json
 
     (project / "batch.yaml").write_text(
-        "provider:\n  batch: true\n  batch_options: {poll_s: 0.5, poll_max_s: 1}\n", encoding="utf-8"
+        f"rounds: {ROUNDS}\nprovider:\n  batch: true\n  batch_options: {{poll_s: 0.5, poll_max_s: 1}}\n",
+        encoding="utf-8",
     )
     smk = ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", "batch.yaml"]
     first = run_cmd(smk, project, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sorted(project.glob("results/raw/*/round_*.json"))
-    assert len(shards) == 3 * 6
+    assert len(shards) == 3 * ROUNDS
     served = [
         json.loads(line.split("offline teacher served: ", 1)[1])
         for log in project.glob("logs/generate/*/*.log")
         for line in log.read_text(encoding="utf-8").splitlines()
         if "offline teacher served: " in line
     ]
-    assert len(served) == 18
-    assert sum(s["batches"] for s in served) == 18 and sum(s["requests"] for s in served) == 0
+    assert len(served) == 3 * ROUNDS
+    assert sum(s["batches"] for s in served) == 3 * ROUNDS and sum(s["requests"] for s in served) == 0
     cache = project / ".zhufu-cache" / "llm.sqlite"
     db = sqlite3.connect(cache)
     assert db.execute("SELECT state, COUNT(*), SUM(lines) FROM batches GROUP BY state").fetchall() == [
-        ("collected", 18, 612)
+        ("collected", 3 * ROUNDS, CELLS)
     ]
-    assert db.execute("SELECT via, COUNT(*) FROM spend GROUP BY via").fetchall() == [("batch", 612)]
+    assert db.execute("SELECT via, COUNT(*) FROM spend GROUP BY via").fetchall() == [("batch", CELLS)]
     dry = run_cmd([*smk, "-n"], project, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
     # the direct path over the same cache: every answer is found, nothing is asked, the shards are equal
     batch = {p.relative_to(project): p.read_bytes() for p in shards}
+    (project / "batch.yaml").write_text(f"rounds: {ROUNDS}\n", encoding="utf-8")
     shutil.rmtree(project / "results")
-    direct = run_cmd(
-        ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2"], project, timeout=600
-    )
+    direct = run_cmd(smk, project, timeout=600)
     assert direct.returncode == 0, direct.stderr[-3000:]
     assert {
         p.relative_to(project): p.read_bytes() for p in project.glob("results/raw/*/round_*.json")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helpers import BIN, copy_project, run_cmd
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("default-run")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 STYLES = ("正常", "严肃", "小红书")
 ROUNDS = 2

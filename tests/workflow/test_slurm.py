@@ -1,7 +1,8 @@
 """The workflow submitted to a real SLURM cluster (the one-node cluster of tests/slurm/start_cluster.sh).
 
 The embedded default workflow runs with `--executor slurm` and the project's test profile in a copy of the
-project (20 training iterations), beside the session's local default run. Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
+project (20 training iterations, one evaluation sample), beside a local run of its data stages in another copy
+(this module is its own pytest-xdist work unit: it does not wait for the session's default run). Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
 COMPLETED; the train job was given a GPU (`AllocTRES` has gres/gpu); the data stages' files are byte for
 byte those of a local run; the shipped cluster profile asks for N GPUs on one node for the 8-GPU fine-tune;
 a failing job makes snakemake exit non-zero promptly instead of hanging; and with a teacher that needs a
@@ -21,10 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 from faultserver import FaultServer
-from helpers import BIN, ROOT, copy_project, tiny_teacher
+from helpers import BIN, ROOT, copy_project, run_cmd, tiny_teacher, workflow_cores
 
-# the first test also runs the workflow on SLURM (the module fixture), and locally unless another module did
-# (the session fixture default_run): up to 25 min
+# the first test also runs the workflow on SLURM and the data stages locally (the module fixture): up to 25 min
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
@@ -139,15 +139,22 @@ def job_stats(output: str) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def workflow_runs(slurm_cluster, default_run, tmp_path_factory):
-    """The default workflow on SLURM, beside the session's local default run (tests/conftest.py).
+def workflow_runs(slurm_cluster, tmp_path_factory):
+    """The default workflow on SLURM, beside a local run of its data stages in a copy of the project.
 
-    The SLURM run trains 20 iterations instead of the profile's 3000: what is checked here (every rule a
-    completed job, the train job's GPU, the data stages byte for byte) does not depend on how long it trains.
+    The SLURM run trains 20 iterations instead of the profile's 3000 and evaluates one sample per input
+    instead of two: what is checked here (every rule a completed job, the train job's GPU, the data stages
+    byte for byte) does not depend on how long it trains or how many answers it scores.
     """
     base = tmp_path_factory.mktemp("slurm")
+    local = copy_project(base / "local")
+    result = run_cmd(
+        [str(BIN / "snakemake"), *DATA_FILES, "--cores", workflow_cores()], cwd=local, timeout=900
+    )
+    assert result.returncode == 0, f"the local data stages failed:\n{result.stderr[-6000:]}"
     on_slurm = copy_project(base / "on_slurm")
-    (on_slurm / "short.yaml").write_text(yaml.safe_dump({"train": {"overrides": {"max_iters": 20}}}))
+    short = {"train": {"overrides": {"max_iters": 20}}, "evaluate": {"samples": 1}}
+    (on_slurm / "short.yaml").write_text(yaml.safe_dump(short))
     result, wall = slurm_run(on_slurm, "--jobs", "4", "--configfile", "short.yaml", limit_s=1500)
     output = result.stdout + result.stderr
     ids = submitted_job_ids(output)
@@ -156,7 +163,7 @@ def workflow_runs(slurm_cluster, default_run, tmp_path_factory):
     )
     (base / "slurm_run.log").write_text(output)
     assert result.returncode == 0, f"snakemake on SLURM failed (rc {result.returncode}):\n{output[-8000:]}"
-    return {"project": on_slurm, "local": default_run, "output": output, "job_ids": ids}
+    return {"project": on_slurm, "local": local, "output": output, "job_ids": ids}
 
 
 def test_every_cluster_rule_ran_as_a_completed_slurm_job(workflow_runs):
