@@ -4,9 +4,9 @@
 module by default, so a module fixture is built once, or the group GROUPS names: `default-run` for the three
 modules that read the one finished default workflow (`default_run`, built once per worker that needs it, so
 once), `real-<arch>` for each real profile's tests. The units that run a workflow are handed out first
-(HEAVY_GROUPS order, longest first), so the two workers finish together. The SLURM module runs its own
-workflow (data stages locally, the rest on the cluster) rather than waiting for `default_run`: tied to it,
-the `default-run` unit was half of `make test` on one worker.
+(HEAVY_GROUPS order), so the two workers finish together. The SLURM module is its own unit: it runs its
+own data stages locally beside its SLURM run rather than reading `default_run` (measured back to back, the
+suite takes as long either way: 889 s tied, 894 s apart; it is bound by the CPU work, not the schedule).
 
 The grouping is this file's scheduler, not xdist's `xdist_group` marks: with pytest 9.2, xdist 3.8's
 `--dist loadgroup` leaves the node ids unsuffixed (it sets `item._nodeid`, which pytest no longer reads), so
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import BIN, copy_project, run_cmd, workflow_cores
 
-# Groups that run a whole workflow, longest first: xdist hands groups out in the order of the items.
+# Units that run a whole workflow: xdist hands units out in the order of the items, alternately to the two
+# workers (default-run and SLURM on one, the real profiles on the other, at first).
 HEAVY_GROUPS = ("default-run", "tests/workflow/test_slurm.py", "real-internlm2", "real-qwen2")
 
 

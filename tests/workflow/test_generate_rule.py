@@ -15,11 +15,16 @@ ROUNDS = 2
 CELLS = 34 * 3 * ROUNDS  # the default grid's 34 generated recipient × scene pairs, × 3 styles, per round
 
 
+def shards_command(project, name: str, overlay: str) -> list[str]:
+    """`snakemake shards` over config.yaml and `overlay` (written to `name` in the project): two rounds, plus it."""
+    (project / name).write_text(f"rounds: {ROUNDS}\n{overlay}", encoding="utf-8")
+    return ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", name]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # two snakemake runs of up to 600 s each
 def test_snakemake_shards_then_rerun_after_deleting_results_makes_no_requests(project):
-    (project / "rounds.yaml").write_text(f"rounds: {ROUNDS}\n", encoding="utf-8")
-    smk = ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", "rounds.yaml"]
+    smk = shards_command(project, "rounds.yaml", "")
     first = run_cmd(smk, project, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sorted(project.glob("results/raw/*/round_*.json"))
@@ -48,11 +53,9 @@ def test_snakemake_with_provider_batch_writes_the_direct_shards_from_one_batch_p
     no chat completion, the same shards as direct calls; `snakemake -n` afterwards plans nothing."""
     import json
 
-    (project / "batch.yaml").write_text(
-        f"rounds: {ROUNDS}\nprovider:\n  batch: true\n  batch_options: {{poll_s: 0.5, poll_max_s: 1}}\n",
-        encoding="utf-8",
+    smk = shards_command(
+        project, "batch.yaml", "provider:\n  batch: true\n  batch_options: {poll_s: 0.5, poll_max_s: 1}\n"
     )
-    smk = ["snakemake", "shards", "--workflow-profile", "none", "--cores", "2", "--configfile", "batch.yaml"]
     first = run_cmd(smk, project, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sorted(project.glob("results/raw/*/round_*.json"))
@@ -76,9 +79,8 @@ def test_snakemake_with_provider_batch_writes_the_direct_shards_from_one_batch_p
     assert "Nothing to be done" in dry.stdout + dry.stderr
     # the direct path over the same cache: every answer is found, nothing is asked, the shards are equal
     batch = {p.relative_to(project): p.read_bytes() for p in shards}
-    (project / "batch.yaml").write_text(f"rounds: {ROUNDS}\n", encoding="utf-8")
     shutil.rmtree(project / "results")
-    direct = run_cmd(smk, project, timeout=600)
+    direct = run_cmd(shards_command(project, "rounds.yaml", ""), project, timeout=600)
     assert direct.returncode == 0, direct.stderr[-3000:]
     assert {
         p.relative_to(project): p.read_bytes() for p in project.glob("results/raw/*/round_*.json")

@@ -77,17 +77,16 @@ def slurm_cluster():
         pytest.skip(f"no local SLURM cluster: {problem}")
 
 
+def snakemake_call(*args: str, limit_s: int) -> dict:
+    """The argv and env of snakemake under `timeout -s KILL limit_s`, for subprocess.run or Popen."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {"args": ["timeout", "-s", "KILL", str(limit_s), str(BIN / "snakemake"), *args], "env": env}
+
+
 def snakemake(cwd: Path, *args: str, limit_s: int) -> tuple[subprocess.CompletedProcess, float]:
     """Run snakemake in `cwd` under `timeout -s KILL limit_s`; returns the result and the wall time."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.monotonic()
-    result = subprocess.run(
-        ["timeout", "-s", "KILL", str(limit_s), str(BIN / "snakemake"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = subprocess.run(**snakemake_call(*args, limit_s=limit_s), cwd=cwd, capture_output=True, text=True)
     return result, time.monotonic() - start
 
 
@@ -148,23 +147,14 @@ def workflow_runs(slurm_cluster, tmp_path_factory):
     """
     base = tmp_path_factory.mktemp("slurm")
     local = copy_project(base / "local")
-    # the local data stages run while the SLURM run waits on its jobs (its sbatch/sacct loop holds no core)
     on_slurm = copy_project(base / "on_slurm")
     short = {"train": {"overrides": {"max_iters": 20}}, "evaluate": {"samples": 1}}
     (on_slurm / "short.yaml").write_text(yaml.safe_dump(short))
     local_log = base / "local_run.log"
+    # the local data stages run while the SLURM run waits on its jobs (its sbatch/sacct loop holds no core)
     with open(local_log, "w") as log:
         local_run = subprocess.Popen(
-            [
-                "timeout",
-                "-s",
-                "KILL",
-                "900",
-                str(BIN / "snakemake"),
-                *DATA_FILES,
-                "--cores",
-                workflow_cores(),
-            ],
+            **snakemake_call(*DATA_FILES, "--cores", workflow_cores(), limit_s=900),
             cwd=local,
             stdout=log,
             stderr=subprocess.STDOUT,
