@@ -2,8 +2,9 @@
 # Both bootstrap .venv from requirements.lock first when it is missing or stale.
 VENV  ?= .venv
 CORES ?= 2
-# pytest-xdist workers for `make test`; tests/conftest.py groups the tests so each workflow runs once
-TEST_WORKERS ?= 2
+# pytest-xdist workers for `make test`; tests/conftest.py groups the tests so each workflow runs once. Three on
+# two cores: a worker waiting on SLURM or a server leaves its core to the third (tests/conftest.py).
+TEST_WORKERS ?= 3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: venv run report test lint fmt dry-run clean-results

@@ -58,6 +58,12 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_run(project: Path, dest: Path) -> Path:
+    """A copy of a finished project: results, logs, Snakemake's records and the answer cache, every mtime kept
+    (shutil.copy2), so that Snakemake plans in the copy what it would plan in the original."""
+    return shutil.copytree(project, dest, copy_function=shutil.copy2, symlinks=True)
+
+
 def run_cmd(args, cwd, timeout=600, env=None, **kw):
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **kw)

@@ -12,7 +12,7 @@ import sys
 import urllib.request
 
 import pytest
-from helpers import BIN, TIANJI_SYSTEM, copy_project, greedy_answer, run_cmd, workflow_cores
+from helpers import BIN, TIANJI_SYSTEM, copy_run, greedy_answer, run_cmd, workflow_cores
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -30,9 +30,11 @@ REQUEST = "祝妹妹谈判顺利，小红书风格"
     scope="module",
     params=sorted(PROFILES),
 )
-def run(request, tmp_path_factory):
+def run(request, default_data, tmp_path_factory):
+    """The profile's workflow from the default's data stages (the same config but for model, train and
+    evaluate, so the same shards and train.json): base model, format check, training and what follows."""
     arch = request.param
-    project = copy_project(tmp_path_factory.mktemp(f"real-{arch}") / "project")
+    project = copy_run(default_data, tmp_path_factory.mktemp(f"real-{arch}") / "project")
     overlay = {
         "model": {"source": "tiny", "tiny": {"architecture": arch}},
         "train": {"profile": PROFILES[arch]["profile"], "overrides": CPU_SWAP},
@@ -52,11 +54,22 @@ def run(request, tmp_path_factory):
         cwd=project,
         timeout=2400,
     )
+    (project.parent / "workflow.log").write_text(r.stdout + r.stderr, encoding="utf-8")
     assert r.returncode == 0, (
         r.stderr[-6000:],
         (project / "logs/train.log").read_text(errors="replace")[-4000:],
     )
     return arch, project
+
+
+def test_another_model_and_profile_on_the_same_data_start_at_the_base_model(run):
+    """A user who switches model and training profile keeps the shards, merged.json and train.json: the run
+    starts at the base model (the copy of the default's data stages is planned as up to date)."""
+    _, project = run
+    output = (project.parent / "workflow.log").read_text(encoding="utf-8")
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", output, flags=re.M))
+    assert {"base_model", "check_format", "train", "evaluate"} <= ran, ran
+    assert not ran & {"generate", "merge", "clean"}, ran
 
 
 def scalars(project) -> list[dict]:

@@ -6,11 +6,10 @@ same table."""
 
 import json
 import re
-import shutil
 
 import pytest
 import yaml
-from helpers import BIN, ROOT, run_cmd
+from helpers import BIN, ROOT, copy_run, run_cmd
 
 from zhufu.config import PROVIDER_IDENTITY, PROVIDER_OPERATION
 
@@ -48,7 +47,7 @@ def plan(project, *args) -> dict[str, int]:
 def copy(default_run, tmp_path):
     """The finished default project (tests/conftest.py), copied with its results, metadata and cache, every
     mtime kept."""
-    return shutil.copytree(default_run, tmp_path / "project", copy_function=shutil.copy2, symlinks=True)
+    return copy_run(default_run, tmp_path / "project")
 
 
 def edit_config(project, change):

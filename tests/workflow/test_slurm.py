@@ -1,8 +1,8 @@
 """The workflow submitted to a real SLURM cluster (the one-node cluster of tests/slurm/start_cluster.sh).
 
 The embedded default workflow runs with `--executor slurm` and the project's test profile in a copy of the
-project (20 training iterations, one evaluation sample), beside a local run of its data stages in another copy
-(this module is its own pytest-xdist work unit: it does not wait for the session's default run). Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
+project (20 training iterations, one evaluation sample); its data stages are compared with the session's local
+run of them (`default_data`, tests/conftest.py), made or awaited while the SLURM run waits on its jobs. Checks: every rule that is not a local rule ran as its own SLURM job that `sacct` reports
 COMPLETED; the train job was given a GPU (`AllocTRES` has gres/gpu); the data stages' files are byte for
 byte those of a local run; the shipped cluster profile asks for N GPUs on one node for the 8-GPU fine-tune;
 a failing job makes snakemake exit non-zero promptly instead of hanging; and with a teacher that needs a
@@ -14,6 +14,7 @@ Every snakemake runs under `timeout -s KILL`: a hung status loop ignores SIGTERM
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -22,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 from faultserver import FaultServer
-from helpers import BIN, ROOT, copy_project, tiny_teacher, workflow_cores
+from helpers import BIN, ROOT, copy_project, tiny_teacher
 
-# the first test also runs the workflow on SLURM and the data stages locally (the module fixture): up to 25 min
+# the first test also runs the workflow on SLURM (the module fixture): up to 25 min
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.slow,
@@ -138,39 +139,41 @@ def job_stats(output: str) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def workflow_runs(slurm_cluster, tmp_path_factory):
-    """The default workflow on SLURM, beside a local run of its data stages in a copy of the project.
+def workflow_runs(slurm_cluster, request, tmp_path_factory):
+    """The default workflow on SLURM, and the session's local run of its data stages to compare it with.
 
     The SLURM run trains 20 iterations instead of the profile's 3000 and evaluates one sample per input
     instead of two: what is checked here (every rule a completed job, the train job's GPU, the data stages
     byte for byte) does not depend on how long it trains or how many answers it scores.
     """
     base = tmp_path_factory.mktemp("slurm")
-    local = copy_project(base / "local")
     on_slurm = copy_project(base / "on_slurm")
     short = {"train": {"overrides": {"max_iters": 20}}, "evaluate": {"samples": 1}}
     (on_slurm / "short.yaml").write_text(yaml.safe_dump(short))
-    local_log = base / "local_run.log"
-    # the local data stages run while the SLURM run waits on its jobs (its sbatch/sacct loop holds no core)
-    with open(local_log, "w") as log:
-        local_run = subprocess.Popen(
-            **snakemake_call(*DATA_FILES, "--cores", workflow_cores(), limit_s=900),
-            cwd=local,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    log = base / "slurm_run.log"
+    call = snakemake_call(
+        *("--workflow-profile", "profiles/slurm-test", "--jobs", "4", "--configfile", "short.yaml"),
+        limit_s=1500,
+    )
+    start = time.monotonic()
+    with open(log, "w") as out:
+        run = subprocess.Popen(
+            **call, cwd=on_slurm, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            result, wall = slurm_run(on_slurm, "--jobs", "4", "--configfile", "short.yaml", limit_s=1500)
-        finally:
-            local_rc = local_run.wait()
-    assert local_rc == 0, f"the local data stages failed:\n{local_log.read_text()[-6000:]}"
-    output = result.stdout + result.stderr
+            # the local data stages (tests/conftest.py: run once per session, perhaps by another worker) are
+            # made or awaited while the SLURM run waits on its jobs: its sbatch/sacct loop holds no core
+            local = request.getfixturevalue("default_data")
+        except BaseException:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            raise
+        returncode = run.wait()
+    wall = time.monotonic() - start
+    output = log.read_text()
     ids = submitted_job_ids(output)
-    print(
-        f"\nSLURM run: rc={result.returncode}, {wall:.0f} s wall, {len(ids)} SLURM jobs\n{sacct_table(ids)}"
-    )
-    (base / "slurm_run.log").write_text(output)
-    assert result.returncode == 0, f"snakemake on SLURM failed (rc {result.returncode}):\n{output[-8000:]}"
+    print(f"\nSLURM run: rc={returncode}, {wall:.0f} s wall, {len(ids)} SLURM jobs\n{sacct_table(ids)}")
+    assert returncode == 0, f"snakemake on SLURM failed (rc {returncode}):\n{output[-8000:]}"
     return {"project": on_slurm, "local": local, "output": output, "job_ids": ids}
 
 

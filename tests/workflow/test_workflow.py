@@ -5,7 +5,7 @@ import re
 import shutil
 
 import pytest
-from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, run_cmd
+from helpers import BIN, CHROMIUM, CHROMIUM_FLAGS, copy_run, run_cmd
 
 # the first test also runs the whole workflow (the session fixture default_run): up to 30 min
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -173,7 +173,7 @@ def test_rerun_after_deleting_results_makes_no_teacher_request(run, tmp_path):
 
     In a copy of the finished run (cache and Snakemake's records included): the module's run stays whole.
     """
-    project = shutil.copytree(run, tmp_path / "project", symlinks=True)
+    project = copy_run(run, tmp_path / "project")
     before = {p.relative_to(project): p.read_bytes() for p in (project / "results/raw").rglob("*.json")}
     assert len(before) == 18  # 3 styles × 6 rounds
     shutil.rmtree(project / "results")  # all of it: the answer cache lives outside results/
