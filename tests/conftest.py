@@ -5,7 +5,7 @@ the tests that wait on servers or on snakemake leave a core idle, which a third 
 suite took 973 s on two workers, 150% CPU, and 799 s on three, 174% CPU). A work unit (all its tests on one
 worker) is a module by default, so a module fixture is built once, or the group GROUPS names: `default-run`
 for the three modules that read the one finished default workflow (`default_run`), `real-<arch>` for each
-real profile's tests. The units that run a workflow are handed out first (HEAVY_GROUPS order).
+real profile's tests. The units that run a workflow are handed out first (FIRST_UNITS order).
 
 The default's data stages (`default_data`: generate, merge, clean) run once per session for every worker
 that needs them (a file lock under the session's shared temp folder): the default run, both real profiles
@@ -23,9 +23,24 @@ import pytest
 from filelock import FileLock
 from helpers import BIN, copy_project, copy_run, run_cmd, workflow_cores
 
-# Units that run a whole workflow: xdist hands units out in the order of the items, one to each worker at
-# first (default-run, SLURM, real-internlm2), then the next to the first worker near the end of its unit.
-HEAVY_GROUPS = ("default-run", "tests/workflow/test_slurm.py", "real-internlm2", "real-qwen2")
+# The units handed out first, the longest first (their summed test times, measured): the workflow runs, then
+# the modules of a minute or more, so that the last units to run are the short ones and no worker is left
+# with a long one while the others idle. xdist gives one unit to each worker at first, then the next to the
+# first worker near the end of its unit.
+FIRST_UNITS = (
+    "default-run",
+    "tests/workflow/test_slurm.py",
+    "real-internlm2",
+    "real-qwen2",
+    "tests/train/test_train.py",
+    "tests/workflow/test_shared_limits.py",
+    "tests/workflow/test_generate_rule.py",
+    "tests/train/test_schedule_check.py",
+    "tests/model/test_review.py",
+    "tests/data/test_dataset.py",
+    "tests/generate/test_local_teacher.py",
+    "tests/train/test_format_check.py",
+)
 
 
 @pytest.fixture
@@ -60,7 +75,8 @@ def default_data(tmp_path_factory) -> Path:
             result = run_cmd(
                 [
                     str(BIN / "snakemake"),
-                    *("--profile", "profiles/default", "--cores", workflow_cores()),
+                    # every worker that needs it waits for it: it takes the machine's cores
+                    *("--profile", "profiles/default", "--cores", str(os.cpu_count() or 1)),
                     "results/data/train.json",
                 ],
                 cwd=project,
@@ -145,7 +161,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {g: i for i, g in enumerate(HEAVY_GROUPS)}
+    rank = {g: i for i, g in enumerate(FIRST_UNITS)}
     items.sort(
         key=lambda item: rank.get(group_of(item.nodeid), len(rank))
     )  # stable: each module keeps its order
