@@ -3,11 +3,15 @@
 import json
 import re
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zhufu.config import load_config
 from zhufu.errors import ConfigError
 from zhufu.grid import cells, held_out, holdout_pairs, iter_cells, load_suitability
+from zhufu.model import summary
 from zhufu.model.evaluate import METRICS, evaluation_inputs, score_answer, write_results
 from zhufu.model.summary import bootstrap, distinct_n, summarise, table_html, table_markdown
 from zhufu.train.loss import loss_figure, read_scalars
@@ -153,6 +157,44 @@ def test_distinct_n():
     assert distinct_n(["abab"], 1) == 0.5
     assert distinct_n(["abab", "cd"], 2) == 3 / 4  # ab, ba, ab, cd
     assert distinct_n([], 2) == 0.0
+
+
+def resample_oracle(metric: str, rows: list[dict], idx) -> list[float]:
+    """Each resample's value, from the resampled list itself: distinct n-grams over all n-grams, or the mean."""
+    values = []
+    for row in idx:
+        drawn = [rows[i] for i in row]
+        if metric.startswith("distinct_"):
+            n = int(metric[-1])
+            grams = [r["output"][i : i + n] for r in drawn for i in range(len(r["output"]) - n + 1)]
+            values.append(len(set(grams)) / len(grams) if grams else 0.0)
+        else:
+            values.append(sum(r["scores"][metric] for r in drawn) / len(drawn))
+    return values
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    outputs=st.lists(st.text(alphabet="祝你好运安康乐a🎉", max_size=12), min_size=1, max_size=25),
+    flags=st.lists(st.sampled_from([True, False, 1, 3, 5]), min_size=25, max_size=25),
+    seed=st.integers(0, 2**16),
+    block=st.sampled_from([1, 7, 10**9]),
+)
+def test_the_vectorised_resamples_are_the_resampled_lists_values_exactly(outputs, flags, seed, block):
+    """bootstrap's resample values (counted with matrices, in blocks of n-grams) equal, float for float, the
+    values of the resampled lists computed one by one: the intervals and verdicts are those of the plain
+    bootstrap, only faster (7.5 s → 0.1 s for the default run's 276 answers)."""
+    data = [{"output": o, "scores": {"length_band": f}} for o, f in zip(outputs, flags, strict=False)]
+    idx = np.random.default_rng(seed).integers(0, len(data), size=(40, len(data)))
+    original = summary.GRAM_BLOCK_CELLS
+    summary.GRAM_BLOCK_CELLS = block * max(len(data), len(idx))  # a block of `block` n-grams
+    try:
+        for metric in ("distinct_1", "distinct_2", "length_band"):
+            assert summary._resampled(metric, data, idx).tolist() == resample_oracle(metric, data, idx), (
+                metric
+            )
+    finally:
+        summary.GRAM_BLOCK_CELLS = original
 
 
 def rows(model, flags, style="正常"):

@@ -17,6 +17,8 @@ OFF_TASK = "off-task"
 OFF_TASK_SOURCE = "off_task"  # their `source` in generations.jsonl
 # metrics where less is better: a verdict is `better` when tuned − base lies below 0
 LOWER_IS_BETTER = frozenset({"leakage"})
+# distinct-n's bootstrap multiplies presence matrices a block of n-grams at a time: at most this many cells
+GRAM_BLOCK_CELLS = 4_000_000
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -29,6 +31,38 @@ def _value(metric: str, rows: list[dict]) -> float | None:
         return distinct_n([r["output"] for r in rows], int(metric[-1])) if rows else None
     flags = [r["scores"][metric] for r in rows if r["scores"][metric] is not None]
     return sum(flags) / len(flags) if flags else None
+
+
+def _resampled(metric: str, rows: list[dict], idx):
+    """`_value` of every resample (a row of `idx`, indices into `rows`), as one array, computed from counts:
+    the same numbers as `_value` on each resample (the sums are of integers, exact in any order), without
+    building the resampled lists. The shares (scores are bools or 1–5 integers) sum the drawn flags;
+    distinct-n counts each row's n-grams once, and a resample's distinct ones from which rows it holds
+    (resample × row presence times row × gram presence, a block of grams at a time to bound the memory)."""
+    import numpy as np
+
+    if not metric.startswith("distinct_"):
+        flags = np.array([float(r["scores"][metric]) for r in rows])
+        return flags[idx].sum(axis=1) / len(rows)
+    n = int(metric[-1])
+    ids: dict[str, int] = {}
+    grams = [
+        [ids.setdefault(t[i : i + n], len(ids)) for i in range(len(t) - n + 1)]
+        for t in (r["output"] for r in rows)
+    ]
+    total = np.array([len(g) for g in grams])[idx].sum(axis=1)
+    pair_rows = np.repeat(np.arange(len(rows)), [len(set(g)) for g in grams])
+    pair_grams = np.concatenate([np.unique(np.array(g, dtype=np.int64)) for g in grams])
+    drawn = np.zeros((len(idx), len(rows)), dtype=np.float32)  # resample × row: the resample holds the row
+    np.put_along_axis(drawn, idx, 1.0, axis=1)
+    distinct = np.zeros(len(idx), dtype=np.int64)
+    block = max(1, GRAM_BLOCK_CELLS // max(len(rows), len(idx)))
+    for lo in range(0, len(ids), block):
+        inside = (pair_grams >= lo) & (pair_grams < lo + block)
+        held = np.zeros((len(rows), min(block, len(ids) - lo)), dtype=np.float32)  # row × gram: has it
+        held[pair_rows[inside], pair_grams[inside] - lo] = 1.0
+        distinct += np.count_nonzero(drawn @ held, axis=1)  # float32 sums of at most len(rows) ones: exact
+    return np.divide(distinct, total, out=np.zeros(len(idx)), where=total > 0)
 
 
 def _applicable(metric: str, rows: list[dict]) -> list[dict]:
@@ -63,7 +97,7 @@ def bootstrap(
         if value is None:
             continue
         idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
-        draws[name] = np.array([_value(metric, [rows[i] for i in row]) for row in idx], dtype=float)
+        draws[name] = _resampled(metric, rows, idx)
         out[name]["ci"] = _interval(metric, value, draws[name], level)
     if len(draws) == 2:
         diff = draws["tuned"] - draws["base"]
