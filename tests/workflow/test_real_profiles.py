@@ -23,6 +23,7 @@ PROFILES = {
 }
 LR = 2e-4  # both QLoRA profiles' learning rate
 REQUEST = "祝妹妹谈判顺利，小红书风格"
+EVAL_INPUTS = ["祝姐姐生日快乐", REQUEST]
 
 
 # each profile's tests are one pytest-xdist work unit (tests/conftest.py GROUPS): its workflow runs once, on one worker
@@ -37,7 +38,9 @@ def run(request, default_data, tmp_path_factory):
     project = copy_run(default_data, tmp_path_factory.mktemp(f"real-{arch}") / "project")
     overlay = {
         "model": {"source": "tiny", "tiny": {"architecture": arch}},
-        "train": {"profile": PROFILES[arch]["profile"], "overrides": CPU_SWAP},
+        # the hook's inputs are the config's, not the profile's: two of Tianji's six (each answered up to the
+        # profile's 600 tokens three times; six took 31 s of InternLM2's 120 s of training)
+        "train": {"profile": PROFILES[arch]["profile"], "overrides": CPU_SWAP, "eval_inputs": EVAL_INPUTS},
         "evaluate": {"samples": 1},  # the evaluation's own setting, not the profile's: half the answers
     }
     (project / "overlay.yaml").write_text(json.dumps(overlay), encoding="utf-8")
@@ -111,7 +114,8 @@ def test_training_packs_runs_the_epoch_schedule_and_leaves_the_warm_up(run):
     # 8 shards' counts by one at most, so training's count is within 7 of the check's (measured: 30 and 32)
     assert total % 3 == 0 and abs(total // 3 - check["samples"]) <= 7
     assert check["schedule"]["at_least"]["iterations"] == 3 * (check["samples"] - 7)
-    assert "Sample output" in log  # EvaluateChatHook answered during training
+    assert "Sample output" in log  # EvaluateChatHook answered during training, the config's inputs
+    assert all(text in log for text in EVAL_INPUTS) and "祝领导春节快乐" not in log
     rows = scalars(project)
     lrs = [row["lr"] for row in rows if "lr" in row]
     assert lrs and max(lrs) > 0.5 * LR, f"the warm-up never left its start factor: {lrs}"

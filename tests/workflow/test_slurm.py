@@ -142,13 +142,16 @@ def job_stats(output: str) -> Counter:
 def workflow_runs(slurm_cluster, request, tmp_path_factory):
     """The default workflow on SLURM, and the session's local run of its data stages to compare it with.
 
-    The SLURM run trains 20 iterations instead of the profile's 3000 and evaluates one sample per input
-    instead of two: what is checked here (every rule a completed job, the train job's GPU, the data stages
+    The SLURM run trains 20 iterations instead of the profile's 3000 (its hook answering one input, not six)
+    and evaluates one sample per blessing input instead of two, without the off-task requests: what is checked here (every rule a completed job, the train job's GPU, the data stages
     byte for byte) does not depend on how long it trains or how many answers it scores.
     """
     base = tmp_path_factory.mktemp("slurm")
     on_slurm = copy_project(base / "on_slurm")
-    short = {"train": {"overrides": {"max_iters": 20}}, "evaluate": {"samples": 1}}
+    short = {
+        "train": {"overrides": {"max_iters": 20}, "eval_inputs": ["祝姐姐生日快乐"]},
+        "evaluate": {"samples": 1, "off_task": None},
+    }
     (on_slurm / "short.yaml").write_text(yaml.safe_dump(short))
     log = base / "slurm_run.log"
     call = snakemake_call(
