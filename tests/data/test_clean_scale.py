@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import random
+import time
 from unittest import mock
 
 import jsonschema
@@ -306,6 +307,12 @@ def test_near_dedup_verifies_in_as_many_processes_as_it_is_given(tmp_path):
     def recording(self, rows):
         with open(pids, "a") as f:
             f.write(f"{os.getpid()}\n")
+        # hold this bin until another process has one too (or 30 s): on a loaded machine a pool process that
+        # finished its bin early could otherwise take the second before its sibling started (a race, not the
+        # split under test); one process running both bins still writes one pid and fails below
+        deadline = time.monotonic() + 30
+        while len(set(pids.read_text().split())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         return run(self, rows)
 
     with (
