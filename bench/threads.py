@@ -2,7 +2,7 @@
 beside one busy process (as under `make test`, where another pytest-xdist worker computes on the same cores,
 or on a SLURM node shared with another job).
 
-It runs the embedded default to its rendered XTuner config once in a copy of the project, then trains 40
+It runs the embedded default to its rendered XTuner config and format check once in a copy of the project, then trains 40
 iterations four times (`snakemake --cores N --forcerun train --until train`, a fresh work_dir each time,
 N = 1 or 2 threads, Snakemake sets OMP_NUM_THREADS to the job's threads), and prints each variant's median
 seconds per iteration (XTuner's own `time:` column) and wall time, and the ratio to 1 thread alone.
@@ -28,6 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 BUSY = [sys.executable, "-c", "while True: pass"]
+# what train needs, made once before the variants: the rendered config and the format check
+SETUP = ("results/train/xtuner_config.py", "results/data/format_check.json")
 
 
 def copy_project(dest: Path) -> Path:
@@ -87,7 +89,7 @@ def main() -> None:
     project = copy_project(where / "project")
     short = {"train": {"overrides": {"max_iters": args.iters, "log_interval": 5}}}
     (project / "short.yaml").write_text(yaml.safe_dump(short))
-    snakemake(project, "--cores", "2", "--configfile", "short.yaml", "results/train/xtuner_config.py")
+    snakemake(project, *SETUP, "--cores", "2", "--configfile", "short.yaml")
     rows = []
     for cores, busy in [(1, False), (2, False), (1, True), (2, True)]:
         per_iter, wall = train(project, cores, busy)
