@@ -60,8 +60,8 @@ def default_data(tmp_path_factory) -> Path:
     clean, with the answer cache and the logs), run once for the whole session, whichever worker asks first.
 
     The default run, both real profiles and the SLURM module's byte-for-byte comparison all start from it (a
-    copy each, copy_run): their data stages are the default's, and running them five times cost about 45 s of
-    a core each. The first worker to ask runs it under a file lock; the others wait for it. A failed run is
+    copy each, copy_run): their data stages are the default's, and each of the four ran them itself before, about
+    45 s of a core each. The first worker to ask runs it under a file lock; the others wait for it. A failed run is
     kept (default-data.failed) so that every test that needs it fails with its output, not by running it again.
     """
     shared = session_dir(tmp_path_factory)
@@ -155,7 +155,7 @@ def pytest_configure(config):
     """Torch in every process a test starts outside Snakemake (`zhufu train|chat|serve`, torch in the worker
     itself) gets the CPUs shared among the xdist workers, as the workflow runs get --cores workflow_cores()
     (Snakemake sets a job's OMP_NUM_THREADS to its threads; nothing else would). With 2 threads beside a busy
-    worker, the tiny model's training iterations took 3.7× as long as with 1 (bench/threads.py)."""
+    worker, the tiny model's training iterations took 4.4× as long as 1 thread alone (bench/threads.py)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, workflow_cores())
 

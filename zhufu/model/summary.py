@@ -51,8 +51,8 @@ def _resampled(metric: str, rows: list[dict], idx):
         for t in (r["output"] for r in rows)
     ]
     total = np.array([len(g) for g in grams])[idx].sum(axis=1)
-    pair_rows = np.repeat(np.arange(len(rows)), [len(set(g)) for g in grams])
-    pair_grams = np.concatenate([np.unique(np.array(g, dtype=np.int64)) for g in grams])
+    own = [np.unique(np.array(g, dtype=np.int64)) for g in grams]  # each row's distinct n-grams
+    pair_rows, pair_grams = np.repeat(np.arange(len(rows)), [len(u) for u in own]), np.concatenate(own)
     drawn = np.zeros((len(idx), len(rows)), dtype=np.float32)  # resample × row: the resample holds the row
     np.put_along_axis(drawn, idx, 1.0, axis=1)
     distinct = np.zeros(len(idx), dtype=np.int64)
