@@ -24,23 +24,12 @@ import time
 from pathlib import Path
 
 import yaml
+from recipient_scene import project_copy  # bench/ is the script's own folder, on sys.path
 
-ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 BUSY = [sys.executable, "-c", "while True: pass"]
 # what train needs, made once before the variants: the rendered config and the format check
 SETUP = ("results/train/xtuner_config.py", "results/data/format_check.json")
-
-
-def copy_project(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    return dest
 
 
 def snakemake(project: Path, *args: str) -> None:
@@ -86,7 +75,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = parser.parse_args()
     where = args.keep or Path(tempfile.mkdtemp(prefix="zhufu-threads-"))
-    project = copy_project(where / "project")
+    project = project_copy(where / "project")
     short = {"train": {"overrides": {"max_iters": args.iters, "log_interval": 5}}}
     (project / "short.yaml").write_text(yaml.safe_dump(short))
     snakemake(project, *SETUP, "--cores", "2", "--configfile", "short.yaml")
