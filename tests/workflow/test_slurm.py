@@ -40,6 +40,8 @@ DATA_FILES = [
     "results/data/clean_report.json",
     "results/data/dataset_card.md",
 ]
+# the project's test profile for the local cluster: every run of this module on SLURM uses it
+SLURM_TEST_PROFILE = ("--workflow-profile", "profiles/slurm-test")
 SACCT_FORMAT = "JobID,Comment%45,State,ExitCode,Elapsed,AllocTRES%48"
 
 
@@ -92,7 +94,7 @@ def snakemake(cwd: Path, *args: str, limit_s: int) -> tuple[subprocess.Completed
 
 
 def slurm_run(cwd: Path, *args: str, limit_s: int):
-    return snakemake(cwd, "--workflow-profile", "profiles/slurm-test", *args, limit_s=limit_s)
+    return snakemake(cwd, *SLURM_TEST_PROFILE, *args, limit_s=limit_s)
 
 
 def submitted_job_ids(output: str) -> list[str]:
@@ -155,7 +157,8 @@ def workflow_runs(slurm_cluster, request, tmp_path_factory):
     (on_slurm / "short.yaml").write_text(yaml.safe_dump(short))
     log = base / "slurm_run.log"
     call = snakemake_call(
-        *("--workflow-profile", "profiles/slurm-test", "--jobs", "4", "--configfile", "short.yaml"),
+        *SLURM_TEST_PROFILE,
+        *("--jobs", "4", "--configfile", "short.yaml"),
         limit_s=1500,
     )
     start = time.monotonic()
